@@ -1,0 +1,1 @@
+"""The aiohttp gateway: Elasticsearch's trained-model REST API over Redis queues."""

@@ -1,0 +1,100 @@
+"""``create_app``: routes, the error middleware, and the resources opened in cleanup contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateway import deployments_api, infer_api, models_api, stats_api
+from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
+from gateway.control import ControlPlane, planner_loop
+from gateway.http import check_params, error_middleware, json_response
+from shared.model_store import ModelStore
+from shared.producer import Producer
+from shared.redis_conn import async_client
+from shared.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+ML = "/_ml/trained_models"
+
+
+async def root(request: web.Request) -> web.Response:
+    check_params(request, ())
+    settings = request.app[SETTINGS]
+    return json_response(
+        request,
+        {
+            "name": f"inferq-gateway-{settings.port}",
+            "cluster_name": settings.cluster_name,
+            "cluster_uuid": "inferq",
+            "version": {
+                "number": models_api.VERSION,
+                "build_flavor": "default",
+                "build_type": "inferq",
+                "lucene_version": "10.0.0",
+                "minimum_wire_compatibility_version": "8.18.0",
+                "minimum_index_compatibility_version": "8.0.0",
+            },
+            "tagline": "You Know, for Search",
+        },
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/", root)  # aiohttp adds HEAD for GET routes
+    r.add_get(ML, models_api.get_models)
+    r.add_get(f"{ML}/_stats", stats_api.get_stats)
+    r.add_get(ML + "/{model_id}/_stats", stats_api.get_stats)
+    r.add_get(ML + "/{model_id}", models_api.get_models)
+    r.add_put(ML + "/{model_id}", models_api.put_model)
+    r.add_delete(ML + "/{model_id}", models_api.delete_model)
+    r.add_put(ML + "/{model_id}/definition/{part}", models_api.put_definition_part)
+    r.add_put(ML + "/{model_id}/vocabulary", models_api.put_vocabulary)
+    r.add_post(ML + "/{model_id}/deployment/_start", deployments_api.start_deployment)
+    r.add_post(ML + "/{model_id}/deployment/_stop", deployments_api.stop_deployment)
+    r.add_post(ML + "/{model_id}/deployment/_update", deployments_api.update_deployment)
+    r.add_post(ML + "/{model_id}/deployment/cache/_clear", deployments_api.clear_deployment_cache)
+    r.add_post(ML + "/{model_id}/_infer", infer_api.infer)
+    r.add_post(ML + "/{model_id}/deployment/_infer", infer_api.infer_deployment_legacy)
+
+
+def create_app(settings: GatewaySettings, *, redis: aioredis.Redis | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        client = redis if redis is not None else async_client(settings.redis_url)
+        blocking = async_client(settings.redis_url, blocking=True)
+        app[REDIS] = client
+        app[MODELS] = ModelStore(client)
+        app[CONTROL] = ControlPlane(client)
+        producer = Producer(client, blocking, refresh_s=settings.state_refresh_s, cache_timeout_s=settings.cache_timeout_s)
+        await producer.start()
+        app[PRODUCER] = producer
+        stop = asyncio.Event()
+        planner = asyncio.create_task(planner_loop(app[CONTROL], settings.planner_interval_s, stop))
+        yield
+        stop.set()
+        planner.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await planner
+        await producer.close()
+        await blocking.aclose()
+        if redis is None:
+            await client.aclose()
+
+    app.cleanup_ctx.append(resources)
+    add_routes(app)
+    return app
+
+
+def run(settings: GatewaySettings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(message)s")
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None)

@@ -1,0 +1,402 @@
+"""The control plane: start, stop and update deployments, and re-plan the cluster.
+
+Every change of a deployment document happens under the cluster lease, so any number of
+gateways can serve these calls (and run the planner loop) against one Redis. Nodes only
+write their own routes; they react to the documents (see ``workers.node``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.start_params import StartParams
+from shared import keys, node_registry, task_config
+from shared.assignment import assignment_state, render_assignment, wait_satisfied
+from shared.deployment_store import DeploymentStore, RouteStatus
+from shared.errors import (
+    BadRequest,
+    Conflict,
+    InferenceFailed,
+    NotFound,
+    RequestTimeout,
+    TooManyRequests,
+    deployment_not_found,
+    model_not_found,
+)
+from shared.lease import cluster_lease
+from shared.model_store import ModelStore
+from shared.planner import DeploymentDemand, NodeCapacity, Plan, estimate_memory_bytes, plan
+from shared.queue import REQUEUE
+from shared.units import format_time_ms
+from shared.wire import InferReply, InferRequest, WireError
+
+log = logging.getLogger(__name__)
+
+MAX_DEPLOYMENTS = 100
+STOPPING_REASON = "inference canceled as process is stopping"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def demand_of(doc: Mapping[str, Any], live: set[str]) -> DeploymentDemand:
+    params = doc["task_parameters"]
+    return DeploymentDemand(
+        deployment_id=doc["deployment_id"],
+        allocations=int(params["number_of_allocations"]),
+        threads_per_allocation=int(params["threads_per_allocation"]),
+        memory_bytes=int(doc["memory_bytes"]),
+        priority=str(params.get("priority", "normal")),
+        current={n: int(a) for n, a in doc.get("targets", {}).items() if n in live and int(a) > 0},
+        max_assigned_allocations=int(doc.get("max_assigned_allocations", 0)),
+    )
+
+
+class ControlPlane:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+        self.models = ModelStore(client)
+        self.deployments = DeploymentStore(client)
+        self._requeue = client.register_script(REQUEUE)
+
+    # ---- start -------------------------------------------------------------------------------
+
+    async def start(self, params: StartParams) -> dict[str, Any]:
+        config = await self.models.get_config(params.model_id)
+        if config.get("model_type", "pytorch") != "pytorch":
+            raise BadRequest(
+                f"model [{params.model_id}] of type [{config.get('model_type')}] cannot be deployed. "
+                "Only PyTorch models can be deployed"
+            )
+        if params.deployment_id != params.model_id and await self.models.exists(params.deployment_id):
+            raise BadRequest(
+                f"Deployment id [{params.deployment_id}] is the same as an another model which is not the "
+                f"model being deployed. Deployment id can be the same as the model being deployed."
+            )
+        status = await self.models.definition_status(params.model_id)
+        if status is None:
+            raise NotFound(f"Could not find trained model definition [{params.model_id}]")
+        if not status.complete:
+            raise BadRequest(
+                f"Model definition truncated. Unable to deserialize trained model definition [{params.model_id}]"
+            )
+        sha256 = await self.models.definition_sha256(params.model_id, status)
+        model_bytes = status.total_definition_length
+        metadata = config.get("metadata") or {}
+        cache_bytes = model_bytes if params.cache_size_bytes is None else params.cache_size_bytes
+        doc: dict[str, Any] = {
+            "deployment_id": params.deployment_id,
+            "model_id": params.model_id,
+            "task_parameters": {
+                "model_id": params.model_id,
+                "deployment_id": params.deployment_id,
+                "model_bytes": model_bytes,
+                "threads_per_allocation": params.threads_per_allocation,
+                "number_of_allocations": params.number_of_allocations,
+                "queue_capacity": params.queue_capacity,
+                "cache_size": params.cache_size_text or f"{model_bytes}b",
+                "priority": params.priority,
+                "per_deployment_memory_bytes": int(metadata.get("per_deployment_memory_bytes", 0)),
+                "per_allocation_memory_bytes": int(metadata.get("per_allocation_memory_bytes", 0)),
+            },
+            "cache_size_bytes": cache_bytes,
+            "cache_policy": "lfu",
+            "memory_bytes": estimate_memory_bytes(
+                model_bytes,
+                per_deployment_memory_bytes=int(metadata.get("per_deployment_memory_bytes", 0)),
+                per_allocation_memory_bytes=int(metadata.get("per_allocation_memory_bytes", 0)),
+                allocations=params.number_of_allocations,
+                cache_size_bytes=params.cache_size_bytes,
+            ),
+            "inference_config": config["inference_config"],
+            "task_type": task_config.task_type(config["inference_config"]),
+            "field_names": (config.get("input") or {}).get("field_names") or ["text_field"],
+            "model_sha256": sha256,
+            "model_uid": config.get("_uid", ""),
+            "uid": secrets.token_hex(8),
+            "targets": {},
+            "assignment_state": "starting",
+            "start_time_ms": now_ms(),
+            "max_assigned_allocations": 0,
+        }
+        async with cluster_lease(self.redis):
+            if await self.deployments.get(params.deployment_id) is not None:
+                raise BadRequest(
+                    "Could not start model deployment because an existing deployment with the same id "
+                    f"[{params.deployment_id}] exist"
+                )
+            if len(await self.deployments.ids()) >= MAX_DEPLOYMENTS:
+                raise TooManyRequests(
+                    "Could not start model deployment because existing deployments reached the limit of "
+                    f"[{MAX_DEPLOYMENTS}]"
+                )
+            others = await self.deployments.all()
+            result = await self._plan_with(others + [doc])
+            placed = sum(result.allocations.get(params.deployment_id, {}).values())
+            if placed == 0:
+                reason = result.reasons.get(params.deployment_id, "No ML nodes exist in the cluster")
+                raise TooManyRequests(
+                    "Could not start deployment because no ML nodes with sufficient capacity were found",
+                    caused_by=BadRequest(
+                        "Could not start deployment because no suitable nodes were found, allocation "
+                        f"explanation [{reason}]",
+                        error_type="illegal_state_exception",
+                    ),
+                )
+            if placed < params.number_of_allocations:
+                raise TooManyRequests(
+                    "Could not start deployment because there are not enough resources to provide all "
+                    "requested allocations"
+                )
+            await self._apply(others + [doc], result)
+        return await self.wait_for_start(params.deployment_id, params.wait_for, params.timeout_ms)
+
+    async def wait_for_start(self, deployment_id: str, wait_for: str, timeout_ms: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            doc = await self.deployments.get(deployment_id)
+            if doc is None:
+                raise BadRequest(
+                    "Error waiting for the model deployment to start. The trained model assignment was "
+                    "removed while waiting"
+                )
+            routes = await self.deployments.routes(deployment_id)
+            failed = {n: r.reason for n, r in routes.items() if r.routing_state == "failed"}
+            if failed:
+                await self._remove(deployment_id)
+                detail = ", ".join(f"{n}={reason}" for n, reason in sorted(failed.items()))
+                raise InferenceFailed(
+                    "Could not start trained model deployment, the following nodes failed with errors "
+                    f"[{{{detail}}}]"
+                )
+            if wait_satisfied(wait_for, doc, routes):
+                return render_assignment(doc, routes)
+            targets = {n for n, a in doc.get("targets", {}).items() if a > 0}
+            if targets and all(
+                n in routes and routes[n].routing_state == "started" for n in targets
+            ) and wait_for != "starting":
+                return render_assignment(doc, routes)  # nothing still starting: ES returns early
+            if time.monotonic() >= deadline:
+                raise RequestTimeout(
+                    f"Timed out after [{format_time_ms(timeout_ms)}] waiting for trained model deployment "
+                    f"[{deployment_id}] to start. Use the trained model stats API to track the state of the "
+                    "deployment and try again once it has started."
+                )
+            await asyncio.sleep(0.05)
+
+    async def assignment(self, deployment_id: str) -> dict[str, Any]:
+        doc = await self.deployments.get(deployment_id)
+        if doc is None:
+            raise deployment_not_found(deployment_id)
+        return render_assignment(doc, await self.deployments.routes(deployment_id))
+
+    # ---- update ------------------------------------------------------------------------------
+
+    async def update(self, deployment_id: str, number_of_allocations: int | None) -> dict[str, Any]:
+        async with cluster_lease(self.redis):
+            doc = await self.deployments.get(deployment_id)
+            if doc is None:
+                raise deployment_not_found(deployment_id)
+            routes = await self.deployments.routes(deployment_id)
+            if assignment_state(doc, routes) != "started":
+                raise Conflict("cannot update deployment that is not in [started] state")
+            params = doc["task_parameters"]
+            if number_of_allocations is None or number_of_allocations == params["number_of_allocations"]:
+                return render_assignment(doc, routes)
+            if params.get("priority") == "low" and number_of_allocations > 1:
+                raise BadRequest("[number_of_allocations] must be 1 when [priority] is low", error_type="validation_exception")
+            updated = json.loads(json.dumps(doc))
+            updated["task_parameters"]["number_of_allocations"] = number_of_allocations
+            others = [d for d in await self.deployments.all() if d["deployment_id"] != deployment_id]
+            result = await self._plan_with(others + [updated])
+            placed = sum(result.allocations.get(deployment_id, {}).values())
+            if placed < number_of_allocations:
+                raise TooManyRequests(
+                    "Could not update deployment because there are not enough resources to provide all "
+                    "requested allocations"
+                )
+            await self._apply(others + [updated], result)
+        return render_assignment(updated | {"targets": result.allocations.get(deployment_id, {})}, routes)
+
+    # ---- stop --------------------------------------------------------------------------------
+
+    async def stop(self, deployment_id: str, *, finish_pending_work: bool, timeout_s: float = 30.0) -> None:
+        async with cluster_lease(self.redis):
+            doc = await self.deployments.get(deployment_id)
+            if doc is None:
+                raise deployment_not_found(deployment_id)
+            doc["assignment_state"] = "stopping"
+            doc["finish_pending_work"] = finish_pending_work
+            doc["targets"] = {}
+            await self.deployments.put(doc)
+            await self.deployments.bump()
+        if not finish_pending_work:
+            await self.cancel_queued(deployment_id)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            live = {n.node_id for n in await node_registry.live_nodes(self.redis)}
+            routes = await self.deployments.routes(deployment_id)
+            if not any(node in live for node in routes):
+                break
+            await asyncio.sleep(0.05)
+        await self.cancel_queued(deployment_id)  # whatever a dead node left behind
+        await self._remove(deployment_id)
+
+    async def cancel_queued(self, deployment_id: str) -> int:
+        """Answer every queued (not yet running) request of the deployment with an error."""
+        cancelled = 0
+        queue_keys = [
+            k async for k in self.redis.scan_iter(match=keys.dn_pattern(deployment_id) + "*:queue")
+        ]
+        for queue_key in queue_keys:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.lrange(queue_key, 0, -1)
+                pipe.delete(queue_key)
+                items, _ = await pipe.execute()
+            cancelled += await self._reply_errors(items, STOPPING_REASON, 409)
+        return cancelled
+
+    async def _reply_errors(self, items: list[bytes], reason: str, status: int) -> int:
+        if not items:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for raw in items:
+                try:
+                    request = InferRequest.unpack(raw)
+                except WireError:
+                    continue
+                reply = InferReply(
+                    id=request.id,
+                    node="",
+                    error={"status": status, "type": "status_exception", "reason": reason},
+                )
+                pipe.rpush(request.reply_to, reply.pack())
+                pipe.expire(request.reply_to, 120)
+            await pipe.execute()
+        return len(items)
+
+    async def _remove(self, deployment_id: str) -> None:
+        doomed = [k async for k in self.redis.scan_iter(match=keys.dn_pattern(deployment_id) + "*")]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in doomed:
+                pipe.unlink(key)
+            await pipe.execute()
+        await self.deployments.remove(deployment_id)
+        await self.deployments.bump()
+
+    # ---- planning ----------------------------------------------------------------------------
+
+    async def _plan_with(self, docs: list[dict[str, Any]]) -> Plan:
+        nodes = await node_registry.live_nodes(self.redis)
+        live = {n.node_id for n in nodes}
+        capacities = [NodeCapacity(n.node_id, n.processors, n.memory_bytes) for n in nodes]
+        demands = [demand_of(d, live) for d in docs if d.get("assignment_state") != "stopping"]
+        return plan(capacities, demands)
+
+    async def _apply(self, docs: list[dict[str, Any]], result: Plan) -> bool:
+        """Write the plan's targets into the documents that changed. Returns whether any did."""
+        changed = False
+        for doc in docs:
+            if doc.get("assignment_state") == "stopping":
+                continue
+            deployment_id = doc["deployment_id"]
+            targets = result.allocations.get(deployment_id, {})
+            reason = result.reasons.get(deployment_id, "")
+            if targets == doc.get("targets") and reason == doc.get("reason", "") and doc.get("_stored"):
+                continue
+            doc.pop("_stored", None)
+            doc["targets"] = targets
+            if reason:
+                doc["reason"] = reason
+            else:
+                doc.pop("reason", None)
+            doc["max_assigned_allocations"] = max(int(doc.get("max_assigned_allocations", 0)), sum(targets.values()))
+            await self.deployments.put(doc)
+            changed = True
+        if changed:
+            await self.deployments.bump()
+        return changed
+
+    async def replan(self) -> bool:
+        """One planner pass (the caller holds the lease): re-place allocations of dead nodes,
+        give waiting deployments what now fits, and requeue a dead node's work."""
+        docs = await self.deployments.all()
+        for doc in docs:
+            doc["_stored"] = True
+        result = await self._plan_with(docs)
+        changed = await self._apply(docs, result)
+        await self._reap_dead_nodes()
+        return changed
+
+    async def _reap_dead_nodes(self) -> None:
+        live = {n.node_id for n in await node_registry.live_nodes(self.redis)}
+        known = await node_registry.known_node_ids(self.redis)
+        dead = [n for n in known if n not in live]
+        if not dead:
+            return
+        docs = {d["deployment_id"]: d for d in await self.deployments.all()}
+        for node_id in dead:
+            leftovers = False
+            for deployment_id, doc in docs.items():
+                routes = await self.deployments.routes(deployment_id)
+                if node_id in routes:
+                    await self.deployments.drop_route(deployment_id, node_id)
+                    await self.deployments.bump()
+                heirs = sorted(n for n, a in doc.get("targets", {}).items() if a > 0 and n in live)
+                sources = [keys.queue(deployment_id, node_id)] + [
+                    k.decode() async for k in self.redis.scan_iter(match=keys.processing_pattern(deployment_id, node_id))
+                ]
+                for source in sources:
+                    if not await self.redis.exists(source):
+                        continue
+                    if not heirs:
+                        leftovers = True
+                        continue
+                    # different hash tags: move item by item through this process (rare path)
+                    await self._move_list(source, keys.queue(deployment_id, heirs[0]))
+            if not leftovers:
+                await node_registry.forget(self.redis, node_id)
+
+    async def _move_list(self, source: str, destination: str) -> None:
+        while True:
+            item = await self.redis.lmove(source, destination, "LEFT", "RIGHT")
+            if item is None:
+                return
+
+
+async def planner_loop(control: ControlPlane, interval_s: float, stop: asyncio.Event) -> None:
+    """Re-plan every ``interval_s`` (node joins, deaths, freed capacity), one gateway at a time."""
+    from shared.lease import release, try_lease
+
+    while not stop.is_set():
+        try:
+            token = await try_lease(control.redis)
+            if token is not None:
+                try:
+                    await control.replan()
+                finally:
+                    await release(control.redis, token)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("planner pass failed: %s", exc)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        except asyncio.TimeoutError:
+            pass
+
+
+def route_summary(routes: Mapping[str, RouteStatus]) -> str:
+    return ", ".join(f"{n}:{r.routing_state}/{r.current_allocations}" for n, r in sorted(routes.items()))
+
+
+__all__ = ["ControlPlane", "planner_loop", "model_not_found"]

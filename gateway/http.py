@@ -1,0 +1,231 @@
+"""Request decoding and response rendering, the Elasticsearch way.
+
+- Bodies: any ``application/json`` or ``application/*+json`` (the clients' compat types);
+  an empty body is no body, whatever the Content-Type; gzip request bodies are inflated.
+- Query parameters: each route names the ones it takes; the global ``error_trace``,
+  ``filter_path``, ``human`` and ``pretty`` are always allowed; anything else is a 400.
+- Responses: JSON with ``X-Elastic-Product: Elasticsearch`` (the middleware adds it to
+  every response, errors included); ``pretty`` and ``filter_path`` are honoured.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from shared.errors import (
+    BadRequest,
+    IllegalArgument,
+    InferqError,
+    MethodNotAllowed,
+    NotFound,
+    TooLarge,
+    XContentParseError,
+)
+
+GLOBAL_PARAMS = frozenset({"error_trace", "filter_path", "human", "pretty"})
+PRODUCT_HEADERS = {"X-Elastic-Product": "Elasticsearch"}
+JSON_TYPE = "application/json"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# ---- query parameters ------------------------------------------------------------------------
+
+
+def check_params(request: web.Request, allowed: Iterable[str]) -> None:
+    allowed_set = GLOBAL_PARAMS.union(allowed)
+    unknown = [name for name in request.query if name not in allowed_set]
+    if unknown:
+        names = ", ".join(unknown)
+        raise IllegalArgument(f"request [{request.path}] contains unrecognized parameter: [{names}]")
+
+
+def parse_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "true"):
+        return True
+    if text == "false":
+        return False
+    raise IllegalArgument(
+        f"Failed to parse value [{value}] as only [true] or [false] are allowed."
+        if name == ""
+        else f"Failed to parse value [{value}] for parameter [{name}] as only [true] or [false] are allowed."
+    )
+
+
+def parse_int(value: Any, name: str) -> int:
+    if isinstance(value, bool):
+        raise IllegalArgument(f"Failed to parse int parameter [{name}] with value [{value}]")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError as exc:
+        raise IllegalArgument(f"Failed to parse int parameter [{name}] with value [{value}]") from exc
+
+
+def query_bool(request: web.Request, name: str, default: bool) -> bool:
+    return parse_bool(request.query[name], name) if name in request.query else default
+
+
+def query_int(request: web.Request, name: str, default: int) -> int:
+    return parse_int(request.query[name], name) if name in request.query else default
+
+
+# ---- bodies --------------------------------------------------------------------------------
+
+
+async def read_json(request: web.Request) -> Any | None:
+    """The decoded JSON body, or None when there is none."""
+    raw = await request.read()
+    if request.headers.get("Content-Encoding", "").lower() in ("gzip", "deflate"):
+        try:
+            raw = gzip.decompress(raw) if request.headers["Content-Encoding"].lower() == "gzip" else zlib.decompress(raw)
+        except (OSError, zlib.error, EOFError) as exc:
+            raise BadRequest(f"failed to decompress request body: {exc}") from exc
+    if not raw.strip():
+        return None
+    content_type = request.content_type.lower()
+    if content_type and not _is_json_type(content_type):
+        raise IllegalArgument(f"Content-Type header [{request.content_type}] is not supported")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise XContentParseError(f"Failed to parse request body: {exc}") from exc
+
+
+async def read_object(request: web.Request, *, required: bool) -> dict[str, Any]:
+    body = await read_json(request)
+    if body is None:
+        if required:
+            raise BadRequest("request body is required")
+        return {}
+    if not isinstance(body, dict):
+        raise XContentParseError("request body must be a JSON object")
+    return body
+
+
+def _is_json_type(content_type: str) -> bool:
+    return content_type in (JSON_TYPE, "text/plain", "application/x-ndjson") or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+def check_fields(body: Mapping[str, Any], allowed: Iterable[str], parser: str) -> None:
+    allowed_set = set(allowed)
+    for name in body:
+        if name not in allowed_set:
+            raise XContentParseError(f"[1:2] [{parser}] unknown field [{name}]")
+
+
+# ---- responses -----------------------------------------------------------------------------
+
+
+def json_response(request: web.Request, payload: Any, status: int = 200) -> web.Response:
+    if "filter_path" in request.query:
+        payload = filter_path(payload, request.query["filter_path"])
+    pretty = "pretty" in request.query and request.query["pretty"] != "false"
+    text = json.dumps(payload, indent=2 if pretty else None, separators=None if pretty else (",", ":"))
+    return web.Response(body=text.encode(), status=status, content_type=JSON_TYPE, headers=PRODUCT_HEADERS)
+
+
+def raw_json_response(request: web.Request, body: bytes, status: int = 200) -> web.Response:
+    """A body that is already JSON (the hot path splices worker-encoded results)."""
+    if "filter_path" in request.query or "pretty" in request.query:
+        return json_response(request, json.loads(body), status)
+    return web.Response(body=body, status=status, content_type=JSON_TYPE, headers=PRODUCT_HEADERS)
+
+
+def error_response(request: web.Request, error: InferqError) -> web.Response:
+    headers = dict(PRODUCT_HEADERS)
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'ApiKey, Basic realm="security", charset="UTF-8"'
+    body = error.body()
+    pretty = "pretty" in request.query and request.query["pretty"] != "false"
+    text = json.dumps(body, indent=2 if pretty else None)
+    if request.method == "HEAD":
+        return web.Response(status=error.status, headers=headers, content_type=JSON_TYPE)
+    return web.Response(body=text.encode(), status=error.status, content_type=JSON_TYPE, headers=headers)
+
+
+def filter_path(payload: Any, expression: str) -> Any:
+    """Elasticsearch's response filtering: comma-separated dotted paths, ``*`` / ``**``."""
+    patterns = [p.strip().split(".") for p in expression.split(",") if p.strip()]
+    if not patterns:
+        return payload
+    result = _filter(payload, patterns)
+    return result if result is not None else {}
+
+
+def _segment_matches(pattern: str, key: str) -> bool:
+    if pattern in ("*", "**"):
+        return True
+    if "*" in pattern:
+        import fnmatch
+
+        return fnmatch.fnmatchcase(key, pattern)
+    return pattern == key
+
+
+def _filter(node: Any, patterns: list[list[str]]) -> Any:
+    if any(not p for p in patterns):
+        return node
+    if isinstance(node, list):
+        items = [_filter(item, patterns) for item in node]
+        kept = [item for item in items if item is not None]
+        return kept if kept else None
+    if not isinstance(node, dict):
+        return None
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        children: list[list[str]] = []
+        for pattern in patterns:
+            head = pattern[0]
+            if head == "**":
+                children.append(pattern)  # ** may match this level and go deeper
+                if len(pattern) > 1 and _segment_matches(pattern[1], key):
+                    children.append(pattern[2:])
+            elif _segment_matches(head, key):
+                children.append(pattern[1:])
+        if not children:
+            continue
+        filtered = _filter(value, children)
+        if filtered is not None:
+            out[key] = filtered
+    return out if out else None
+
+
+# ---- the one error renderer -----------------------------------------------------------------
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except InferqError as error:
+        return error_response(request, error)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(request, TooLarge(f"request body is too large: {exc.text}"))
+    except web.HTTPNotFound:
+        return error_response(request, NotFound(f"no handler found for uri [{request.path}] and method [{request.method}]", error_type="illegal_argument_exception", status=400))
+    except web.HTTPMethodNotAllowed:
+        return error_response(
+            request,
+            MethodNotAllowed(f"Incorrect HTTP method for uri [{request.path}] and method [{request.method}]"),
+        )
+    except web.HTTPException as exc:
+        return error_response(request, InferqError(exc.reason or "error", status=exc.status))
+    except Exception as exc:  # an internal bug: still an Elasticsearch-shaped body, no trace
+        request.app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(request, InferqError(f"internal error: {type(exc).__name__}: {exc}"))
+    for name, value in PRODUCT_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response

@@ -1,0 +1,1 @@
+"""Code both the gateway and the workers use: no aiohttp, no torch."""

