@@ -50,6 +50,7 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/", root)  # aiohttp adds HEAD for GET routes
     r.add_get(ML, models_api.get_models)
+    r.add_get(ML + "/", models_api.get_models)
     r.add_get(f"{ML}/_stats", stats_api.get_stats)
     r.add_get(ML + "/{model_id}/_stats", stats_api.get_stats)
     r.add_get(ML + "/{model_id}", models_api.get_models)

@@ -143,7 +143,9 @@ class Producer:
         if not weights:
             raise Conflict(f"Trained model deployment [{view.deployment_id}] is not allocated to any nodes")
         field_names = view.doc.get("field_names") or ["text_field"]
-        config = task_config.resolve_request_config(view.doc["inference_config"], inference_config)
+        config = task_config.resolve_request_config(
+            view.doc["inference_config"], inference_config, model_id=view.model_id
+        )
         texts = [task_config.read_input_text(doc, field_names) for doc in docs]
         return await self.infer_texts(view, texts, config, timeout_ms=timeout_ms, weights=weights)
 

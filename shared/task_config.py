@@ -490,7 +490,7 @@ def resolve_request_config(
         if update.get("multi_label") is not None:
             effective["multi_label"] = _expect_bool(name, "multi_label", update["multi_label"])
         if not effective.get("labels"):
-            errors.add("inference_config.labels must not be null or empty for zero shot classification")
+            errors.add("zero_shot_classification requires non-empty [labels]")
     if name == "question_answering":
         if update.get("max_answer_length") is not None:
             effective["max_answer_length"] = _expect_int(name, "max_answer_length", update["max_answer_length"])

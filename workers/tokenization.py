@@ -118,6 +118,8 @@ class Window:
 class Tokenization:
     windows: list[Window]
     truncated: bool
+    # The inner tokens of the windowed sequence (the text, or the second text of a pair).
+    inner: InnerTokens | None = None
 
 
 def _trim_offsets(text: str, offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -272,9 +274,9 @@ class NlpTokenizer:
         num_tokens = n + extra
         room = max_len - extra
         if num_tokens <= max_len:
-            return Tokenization([self._single_window(inner, 0, n, -1)], truncated=False)
+            return Tokenization([self._single_window(inner, 0, n, -1)], truncated=False, inner=inner)
         if truncate != "none":
-            return Tokenization([self._single_window(inner, 0, max(room, 0), -1)], truncated=True)
+            return Tokenization([self._single_window(inner, 0, max(room, 0), -1)], truncated=True, inner=inner)
         if span == -1:
             raise BadRequest(
                 f"Input too large. The tokenized input length [{num_tokens}] exceeds the maximum sequence "
@@ -303,7 +305,7 @@ class NlpTokenizer:
                 while split_start > prev_start + 1 and words[split_start] == words[split_start - 1]:
                     split_start -= 1
                     span_prev += 1
-        return Tokenization(windows, truncated=False)
+        return Tokenization(windows, truncated=False, inner=inner)
 
     # ---- sequence pairs --------------------------------------------------------------------------
 
@@ -377,7 +379,9 @@ class NlpTokenizer:
                 )
             truncated = True
         if truncated or num_tokens <= max_len:
-            return Tokenization([self._pair_window(first, n1, second, 0, n2, -1)], truncated=truncated)
+            return Tokenization(
+                [self._pair_window(first, n1, second, 0, n2, -1)], truncated=truncated, inner=second
+            )
 
         room = max_len - extra - n1
         if room <= 0:
@@ -414,7 +418,7 @@ class NlpTokenizer:
                 while split_start > prev_start + 1 and words[split_start] == words[split_start - 1]:
                     split_start -= 1
                     span_prev += 1
-        return Tokenization(windows, truncated=False)
+        return Tokenization(windows, truncated=False, inner=second)
 
 
 def build_tokenizer(vocabulary: Mapping[str, Any], tokenization: Mapping[str, Any]) -> NlpTokenizer:

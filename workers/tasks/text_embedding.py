@@ -1,4 +1,4 @@
-"""text_embedding: the model's pooled vector for the (first window of the) text."""
+"""text_embedding: the model's vector for the (first window of the) text."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from workers.tasks.base import BaseTask, Prepared, effective_body, request_truncation, with_truncation
-
-
-def embedding_from_output(row_output: np.ndarray) -> list[float]:
-    """A row's embedding: a 1-D output as is; for [seq, hidden] the first token (as ES reads [0][0])."""
-    vector = row_output if row_output.ndim == 1 else row_output.reshape(-1, row_output.shape[-1])[0]
-    return [float(x) for x in vector]
+from workers.tasks.base import BaseTask, Prepared, effective_body, request_truncation
+from workers.tasks.scoring import row_vector
 
 
 def text_embedding_result(output: np.ndarray, results_field: str, truncated: bool) -> dict[str, Any]:
-    result: dict[str, Any] = {results_field: embedding_from_output(output[0])}
+    """``output``: the doc's rows ([windows, dim] or [windows, seq, dim]); ES returns row 0's vector."""
+    result: dict[str, Any] = {results_field: [float(x) for x in row_vector(output[0])]}
     if truncated:
         result["is_truncated"] = True
     return result
@@ -29,10 +25,7 @@ class TextEmbeddingTask(BaseTask):
     def prepare(self, text: str, config: Mapping[str, Any]) -> Prepared:
         body = effective_body(self.name, config)
         truncate, span = request_truncation(config)
-        tokenization = self.tokenizer.tokenize(text, truncate=truncate, span=span)
-        return Prepared(text=text, config=body, tokenization=tokenization)
+        return Prepared(text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span))
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> dict[str, Any]:
-        return with_truncation(
-            text_embedding_result(output, prepared.config["results_field"], False), prepared
-        )
+        return text_embedding_result(output, prepared.config["results_field"], prepared.tokenization.truncated)

@@ -1,0 +1,154 @@
+"""A real local cluster for end-to-end tests: gateway and worker nodes as child processes
+against the session's redis-server (each cluster on its own Redis database)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from tests.redis_server import free_port
+
+_DATABASES = itertools.cycle(range(1, 16))
+
+
+@dataclass
+class LocalCluster:
+    redis_url: str
+    gateway_port: int
+    env: dict[str, str]
+    nodes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    gateways: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def _spawn(self, argv: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        return subprocess.Popen([sys.executable, "-m", "shared.cli", *argv], env=env)
+
+    def start_gateway(self, port: int | None = None) -> int:
+        port = port or free_port()
+        self.gateways.append(self._spawn(["gateway", "--port", str(port)]))
+        wait_http(f"http://127.0.0.1:{port}/", 30)
+        return port
+
+    def add_node(self, node_id: str, processors: int = 1, memory: str = "8gb", extra_env: dict[str, str] | None = None) -> None:
+        self.nodes[node_id] = self._spawn(
+            ["worker", "--node-id", node_id, "--processors", str(processors), "--memory", memory], extra_env
+        )
+        client = redis.Redis.from_url(self.redis_url)
+        deadline = time.monotonic() + 30
+        while not client.exists(f"inferq:node:{node_id}:alive"):
+            if time.monotonic() > deadline or self.nodes[node_id].poll() is not None:
+                raise RuntimeError(f"worker {node_id} did not register")
+            time.sleep(0.05)
+        client.close()
+
+    def kill_node(self, node_id: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.nodes.pop(node_id)
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        procs = [*self.nodes.values(), *self.gateways]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def call(self, method: str, path: str, body: Any = None, timeout_s: float = 120) -> tuple[int, Any]:
+        return http(method, self.url + path, body, timeout_s)
+
+
+def wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def http(method: str, url: str, body: Any = None, timeout_s: float = 120) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw else None
+
+
+@contextmanager
+def local_cluster(
+    base_redis_url: str,
+    nodes: Sequence[tuple[str, int]] = (("node-1", 1), ("node-2", 1)),
+    env: dict[str, str] | None = None,
+) -> Iterator[LocalCluster]:
+    """Start a gateway and worker nodes on a fresh Redis database; stop everything after."""
+    db = next(_DATABASES)
+    redis_url = base_redis_url.rsplit("/", 1)[0] + f"/{db}"
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.close()
+    cluster = LocalCluster(
+        redis_url=redis_url,
+        gateway_port=0,
+        env={
+            "INFERQ_REDIS_URL": redis_url,
+            "INFERQ_HEARTBEAT_TTL_S": "3",
+            "INFERQ_PLANNER_INTERVAL_S": "0.5",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONWARNINGS": "ignore",
+            **(env or {}),
+        },
+    )
+    try:
+        cluster.gateway_port = cluster.start_gateway()
+        for node_id, processors in nodes:
+            cluster.add_node(node_id, processors)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def upload(cluster: LocalCluster, model_id: str, traced: Any) -> None:
+    from workers.importer import RestClient, upload as upload_model
+
+    upload_model(RestClient(cluster.url), model_id, traced.config, traced.torchscript, traced.vocabulary, progress=False)
+
+
+def start(cluster: LocalCluster, model_id: str, query: str = "", timeout_s: float = 120) -> dict[str, Any]:
+    status, body = cluster.call("POST", f"/_ml/trained_models/{model_id}/deployment/_start?{query}", timeout_s=timeout_s)
+    assert status == 200, body
+    assignment: dict[str, Any] = body["assignment"]
+    return assignment
+
+
+def infer(cluster: LocalCluster, model_id: str, texts: Sequence[str], **extra: Any) -> tuple[int, Any]:
+    body = {"docs": [{"text_field": t} for t in texts], **extra}
+    return cluster.call("POST", f"/_ml/trained_models/{model_id}/_infer", body)
