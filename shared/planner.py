@@ -121,9 +121,10 @@ class _Bins:
     def total(self, item: _Item) -> int:
         return sum(self.placed.get(item.deployment_id, {}).values())
 
-    def fits(self, item: _Item, node_id: str, allocations: int = 1) -> bool:
+    def fits(self, item: _Item, node_id: str) -> bool:
+        """Whether one more allocation of ``item`` fits on the node."""
         present = self.count(item, node_id) > 0
-        return self.free_processors[node_id] >= item.threads * allocations and (
+        return self.free_processors[node_id] >= item.threads and (
             present or self.free_memory_bytes[node_id] >= item.memory_bytes
         )
 
@@ -196,11 +197,9 @@ def _plan_phase(bins: _Bins, items: Sequence[_Item]) -> dict[str, str]:
     # 1. Keep what is already running, as far as it still fits.
     for item in sorted(items, key=lambda i: i.deployment_id):
         for node_id in sorted(item.keep):
-            count = item.keep[node_id]
-            if not bins.fits(item, node_id, 1):
-                continue
-            count = min(count, bins.free_processors[node_id] // item.threads)
-            bins.place(item, node_id, count)
+            if bins.fits(item, node_id):
+                count = min(item.keep[node_id], bins.free_processors[node_id] // item.threads)
+                bins.place(item, node_id, count)
 
     # 2. One allocation for every deployment that has none: previously assigned ones first.
     empty = [i for i in items if i.wanted > 0 and bins.total(i) == 0]

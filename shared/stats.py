@@ -178,7 +178,12 @@ def render_node_stats(
         state: dict[str, Any] = {"routing_state": routing_state}
         if reason is not None:
             state["reason"] = reason
-        return {"node": node, "routing_state": state, "peak_throughput_per_minute": 0, "throughput_last_minute": 0}
+        return {
+            "node": node,
+            "routing_state": state,
+            "peak_throughput_per_minute": 0,
+            "throughput_last_minute": 0,
+        }
 
     c = counters
     out: dict[str, Any] = {"node": node, "routing_state": {"routing_state": "started"}}

@@ -208,7 +208,7 @@ def _parse_tokenization(raw: Any, errors: ValidationCollector) -> dict[str, Any]
         errors.add("[max_sequence_length] must be positive")
     if span < 0 and span != -1:
         errors.add("[span] must be non-negative to indicate span length or -1 to indicate no windowing should occur")
-    if span > max_sequence_length:
+    if max_sequence_length > 0 and span > max_sequence_length:
         errors.add(
             f"[span] provided [{span}] must not be greater than [max_sequence_length] "
             f"provided [{max_sequence_length}]"

@@ -186,6 +186,18 @@ _MODEL_CLASSES = {
 }
 
 
+def write_tokenizer(folder: Path, tokenizer: str, max_length: int = 512) -> int:
+    """Write the tokenizer files of a ``tokenizer`` family into ``folder``; return the vocabulary size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if tokenizer in ("bert", "mpnet"):
+        return _write_wordpiece_tokenizer(folder, tokenizer, max_length)
+    if tokenizer == "roberta":
+        return _write_roberta_tokenizer(folder, max_length)
+    if tokenizer == "xlm_roberta":
+        return _write_xlm_roberta_tokenizer(folder, max_length)
+    raise ValueError(f"unknown tokenizer [{tokenizer}]")
+
+
 def build_tiny_model(
     task_type: str, tmp_path: Path, tokenizer: str = "bert", *, seed: int = 0, max_length: int = 512
 ) -> Path:
@@ -193,16 +205,8 @@ def build_tiny_model(
     import torch
     import transformers
 
-    folder = Path(tmp_path) / f"tiny-{tokenizer}-{task_type}"
-    folder.mkdir(parents=True, exist_ok=True)
-    if tokenizer in ("bert", "mpnet"):
-        vocab_size = _write_wordpiece_tokenizer(folder, tokenizer, max_length)
-    elif tokenizer == "roberta":
-        vocab_size = _write_roberta_tokenizer(folder, max_length)
-    elif tokenizer == "xlm_roberta":
-        vocab_size = _write_xlm_roberta_tokenizer(folder, max_length)
-    else:
-        raise ValueError(f"unknown tokenizer [{tokenizer}]")
+    folder = Path(tmp_path) / f"tiny-{tokenizer}-{task_type}-{seed}"
+    vocab_size = write_tokenizer(folder, tokenizer, max_length)
     loaded = transformers.AutoTokenizer.from_pretrained(str(folder))
     config = _model_config(tokenizer, vocab_size, task_type, int(loaded.pad_token_id))
     torch.manual_seed(seed)

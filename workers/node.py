@@ -236,6 +236,18 @@ class Node:
             if runner.finished:
                 del self.runners[deployment_id]
                 self.store.drop_route(deployment_id, self.node_id)
+                self.hand_over_queue(deployment_id, docs.get(deployment_id))
+
+    def hand_over_queue(self, deployment_id: str, doc: dict[str, Any] | None) -> None:
+        """Requests a stale producer pushed after this node drained go to a node that serves them."""
+        if doc is None or doc.get("assignment_state") == "stopping":
+            return
+        heirs = sorted(n for n, a in doc.get("targets", {}).items() if a > 0 and n != self.node_id)
+        if not heirs:
+            return
+        source, destination = keys.queue(deployment_id, self.node_id), keys.queue(deployment_id, heirs[0])
+        while self.client.lmove(source, destination, "LEFT", "RIGHT") is not None:
+            pass
 
     def _heartbeat_loop(self) -> None:
         interval = self.settings.heartbeat_ttl_s / 3

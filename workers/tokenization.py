@@ -62,6 +62,9 @@ _MODEL_INPUTS: dict[str, tuple[str, ...]] = {
     "deberta_v2": MODEL_INPUTS_THREE,
 }
 
+# Tokenizers whose tokens carry spaces (byte-level "Ġ", sentencepiece "▁"): offsets get trimmed.
+_TRIMMED_KINDS = ("roberta", "xlm_roberta", "deberta_v2")
+
 SUPPORTED_TOKENIZERS: tuple[str, ...] = ("bert", "mpnet", "roberta", "xlm_roberta", "deberta_v2")
 
 
@@ -122,17 +125,6 @@ class Tokenization:
     inner: InnerTokens | None = None
 
 
-def _trim_offsets(text: str, offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    trimmed = []
-    for start, end in offsets:
-        while start < end and text[start].isspace():
-            start += 1
-        while end > start and text[end - 1].isspace():
-            end -= 1
-        trimmed.append((start, end))
-    return trimmed
-
-
 def _vocab_dict(vocabulary: Sequence[str]) -> dict[str, int]:
     vocab: dict[str, int] = {}
     for i, token in enumerate(vocabulary):
@@ -167,7 +159,6 @@ def _build_hf_tokenizer(
                        fuse_unk=False)
         )
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=settings.add_prefix_space, use_regex=True)
-        tok.post_processor = processors.ByteLevel(trim_offsets=True)
     elif kind in ("xlm_roberta", "deberta_v2"):
         if not scores or len(scores) != len(vocabulary):
             raise IllegalArgument(f"tokenizer type [{kind}] requires [scores] of the same length as [vocabulary]")
@@ -181,6 +172,15 @@ def _build_hf_tokenizer(
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     else:
         raise IllegalArgument(f"unknown tokenization type [{kind}]")
+    if kind in _TRIMMED_KINDS and specials.cls in vocab and specials.sep in vocab:
+        # Only used to trim the spaces that byte-level / sentencepiece tokens carry out of their
+        # offsets, exactly as Hugging Face's RoBERTa post-processor does; see ``NlpTokenizer.encode``.
+        tok.post_processor = processors.RobertaProcessing(
+            sep=(specials.sep, vocab[specials.sep]),
+            cls=(specials.cls, vocab[specials.cls]),
+            trim_offsets=True,
+            add_prefix_space=settings.add_prefix_space if kind == "roberta" else True,
+        )
     present = [
         t for t in (specials.cls, specials.sep, specials.pad, specials.unk, specials.mask) if t in vocab
     ]
@@ -207,6 +207,7 @@ class NlpTokenizer:
         self._vocab = _vocab_dict(self.vocabulary)
         self._tokenizer = _build_hf_tokenizer(settings.kind, settings, self.vocabulary, merges, scores, self.specials)
         self.model_inputs = _MODEL_INPUTS[settings.kind]
+        self._trims_offsets = self._tokenizer.post_processor is not None
         self.cls_id = self._required_id(self.specials.cls)
         self.sep_id = self._required_id(self.specials.sep)
         self.pad_id = self._vocab.get(self.specials.pad, 0)
@@ -229,18 +230,27 @@ class NlpTokenizer:
     # ---- inner tokenization ----------------------------------------------------------------------
 
     def encode(self, text: str) -> InnerTokens:
-        encoding = self._tokenizer.encode(text, add_special_tokens=False)
-        offsets = _trim_offsets(text, encoding.offsets)
+        if self._trims_offsets:
+            # encode with the (offset trimming) post-processor, then drop its two special tokens
+            encoding = self._tokenizer.encode(text, add_special_tokens=True)
+            ids = list(encoding.ids[1:-1])
+            offsets = [tuple(o) for o in encoding.offsets[1:-1]]
+            raw_words = list(encoding.word_ids[1:-1])
+        else:
+            encoding = self._tokenizer.encode(text, add_special_tokens=False)
+            ids = list(encoding.ids)
+            offsets = [tuple(o) for o in encoding.offsets]
+            raw_words = list(encoding.word_ids)
         word_ids: list[int] = []
         next_word = 0
         last_raw: int | None = None
-        for raw in encoding.word_ids:
+        for raw in raw_words:
             # Renumber so that every token outside a word (added tokens) is its own word.
             if raw is None or raw != last_raw:
                 next_word += 1
             word_ids.append(next_word)
             last_raw = raw
-        return InnerTokens(ids=list(encoding.ids), offsets=offsets, word_ids=word_ids)
+        return InnerTokens(ids=ids, offsets=offsets, word_ids=word_ids)  # type: ignore[arg-type]
 
     # ---- single sequence -------------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ def record(
     nohit_time_ms_sum: float = 0.0,
     errors: int = 0,
 ) -> None:
-    client.eval(RECORD_SCRIPT, 1, KEY, START_MS, now_ms, results, cache_hits, time_ms_sum, nohit_time_ms_sum, errors)
+    args = (START_MS, now_ms, results, cache_hits, time_ms_sum, nohit_time_ms_sum, errors)
+    client.eval(RECORD_SCRIPT, 1, KEY, *args)
 
 
 def counters(client: redis.Redis) -> NodeCounters:
@@ -77,8 +78,8 @@ def test_buckets_roll_and_peak(redis_client: redis.Redis) -> None:
     assert last_minute(c, start_ms=START_MS, now_ms=START_MS + 180_000) == MinuteTotals()
 
     # a gap of more than one bucket: prev is zeroed at index new-1
-    for _ in range(6):
-        record(redis_client, START_MS + 4 * MINUTE_MS + 1, 1, time_ms_sum=2.0, nohit_time_ms_sum=2.0)  # bucket 4
+    for _ in range(6):  # bucket 4
+        record(redis_client, START_MS + 4 * MINUTE_MS + 1, 1, time_ms_sum=2.0, nohit_time_ms_sum=2.0)
     c = counters(redis_client)
     assert (c.bucket_index, c.bucket) == (4, MinuteTotals(6, 12.0, 0))
     assert (c.prev_bucket_index, c.prev_bucket) == (3, MinuteTotals())
@@ -139,7 +140,7 @@ def test_matches_a_model_of_the_buckets(
     for gap_ms, results, hits in steps:
         now_ms += gap_ms
         hits = min(hits, results)
-        record(redis_client, now_ms, results, cache_hits=hits, time_ms_sum=float(results), nohit_time_ms_sum=0.0)
+        record(redis_client, now_ms, results, cache_hits=hits, time_ms_sum=float(results))
         bucket = per_bucket.setdefault((now_ms - START_MS) // MINUTE_MS, [0, 0])
         bucket[0] += results
         bucket[1] += hits

@@ -32,7 +32,9 @@ def dep(
     memory_bytes: int = 1 * GB,
     **kwargs: object,
 ) -> DeploymentDemand:
-    return DeploymentDemand(deployment_id, allocations, threads, memory_bytes, **kwargs)  # type: ignore[arg-type]
+    return DeploymentDemand(
+        deployment_id, allocations, threads, memory_bytes, **kwargs  # type: ignore[arg-type]
+    )
 
 
 # ---- strategies ------------------------------------------------------------------------------
@@ -71,7 +73,9 @@ def demands(draw: st.DrawFn) -> list[DeploymentDemand]:
     return out
 
 
-def assert_within_capacity(nodes: list[NodeCapacity], deployments: list[DeploymentDemand], result: Plan) -> None:
+def assert_within_capacity(
+    nodes: list[NodeCapacity], deployments: list[DeploymentDemand], result: Plan
+) -> None:
     by_id = {d.deployment_id: d for d in deployments}
     assert set(result.allocations) == set(by_id)
     for capacity in nodes:
@@ -105,14 +109,12 @@ def assert_within_capacity(nodes: list[NodeCapacity], deployments: list[Deployme
 
 
 def as_current(deployments: list[DeploymentDemand], previous: Plan) -> list[DeploymentDemand]:
-    return [
-        dataclasses.replace(
-            d,
-            current=previous.allocations[d.deployment_id],
-            max_assigned_allocations=max(d.max_assigned_allocations, sum(previous.allocations[d.deployment_id].values())),
-        )
-        for d in deployments
-    ]
+    out = []
+    for d in deployments:
+        placed = previous.allocations[d.deployment_id]
+        assigned = max(d.max_assigned_allocations, sum(placed.values()))
+        out.append(dataclasses.replace(d, current=placed, max_assigned_allocations=assigned))
+    return out
 
 
 # ---- properties ------------------------------------------------------------------------------
@@ -159,7 +161,9 @@ def test_places_everything_when_capacity_clearly_suffices(
         allocations = min(allocations, budget)
         if not low:
             budget -= allocations
-        current = data.draw(st.dictionaries(st.sampled_from(NODE_IDS + GONE_IDS), st.integers(0, 4), max_size=2))
+        current = data.draw(
+            st.dictionaries(st.sampled_from(NODE_IDS + GONE_IDS), st.integers(0, 4), max_size=2)
+        )
         deployments.append(
             dep(f"d{i}", allocations, 1, GB, priority="low" if low else "normal", current=current)
         )
@@ -383,10 +387,10 @@ def test_estimate_memory_bytes() -> None:
     assert estimate_memory_bytes(model) == 240 * MB + 200 * MB
     # eland metadata: the larger of the two formulas
     assert estimate_memory_bytes(model, per_deployment_memory_bytes=50 * MB) == 440 * MB
-    assert (
-        estimate_memory_bytes(model, per_deployment_memory_bytes=300 * MB, per_allocation_memory_bytes=100 * MB, allocations=2)
-        == 300 * MB + 200 * MB + 100 * MB
+    with_metadata = estimate_memory_bytes(
+        model, per_deployment_memory_bytes=300 * MB, per_allocation_memory_bytes=100 * MB, allocations=2
     )
+    assert with_metadata == 300 * MB + 200 * MB + 100 * MB
     # a cache larger than the model costs the difference; the default one is free
     assert estimate_memory_bytes(model, cache_size_bytes=150 * MB) == 440 * MB + 50 * MB
     assert estimate_memory_bytes(model, cache_size_bytes=0) == 440 * MB

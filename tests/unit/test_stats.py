@@ -16,7 +16,9 @@ START_MS = 1_700_000_000_000
 MINUTE_MS = 60_000
 
 
-def started_node(counters: NodeCounters, *, now_ms: int, node_id: str = "node-a", **overrides: Any) -> dict[str, Any]:
+def started_node(
+    counters: NodeCounters, *, now_ms: int, node_id: str = "node-a", **overrides: Any
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "node_id": node_id,
         "node_name": f"{node_id}-name",
@@ -76,16 +78,19 @@ def test_parse_counters_from_hgetall_bytes() -> None:
 
 
 def test_last_minute_is_the_last_completed_bucket() -> None:
-    counters = NodeCounters(
-        bucket_index=5, bucket=MinuteTotals(7, 70.0, 1), prev_bucket_index=4, prev_bucket=MinuteTotals(3, 60.0, 2)
-    )
+    live, prev = MinuteTotals(7, 70.0, 1), MinuteTotals(3, 60.0, 2)
+    counters = NodeCounters(bucket_index=5, bucket=live, prev_bucket_index=4, prev_bucket=prev)
+
+    def at(now_ms: int) -> MinuteTotals:
+        return last_minute(counters, start_ms=START_MS, now_ms=START_MS + now_ms)
+
     # newest result in the current bucket: the previous bucket is the completed one
-    assert last_minute(counters, start_ms=START_MS, now_ms=START_MS + 5 * MINUTE_MS + 10) == MinuteTotals(3, 60.0, 2)
+    assert at(5 * MINUTE_MS + 10) == prev
     # newest result in the previous bucket: the live totals are the completed bucket
-    assert last_minute(counters, start_ms=START_MS, now_ms=START_MS + 6 * MINUTE_MS) == MinuteTotals(7, 70.0, 1)
-    assert last_minute(counters, start_ms=START_MS, now_ms=START_MS + 7 * MINUTE_MS - 1) == MinuteTotals(7, 70.0, 1)
+    assert at(6 * MINUTE_MS) == live
+    assert at(7 * MINUTE_MS - 1) == live
     # more than one bucket without results: nothing
-    assert last_minute(counters, start_ms=START_MS, now_ms=START_MS + 7 * MINUTE_MS) == MinuteTotals()
+    assert at(7 * MINUTE_MS) == MinuteTotals()
     # never any result
     assert last_minute(NodeCounters(), start_ms=START_MS, now_ms=START_MS + 5) == MinuteTotals()
     # a previous bucket that was skipped over (zeroed by the roll)
@@ -163,14 +168,18 @@ def test_started_node_before_any_result() -> None:
 
 
 def test_all_cache_hits_report_zero_excluding_cache_hits() -> None:
-    counters = NodeCounters(inference_count=2, inference_time_ms_sum=1.0, cache_hit_count=2, last_access_ms=START_MS)
+    counters = NodeCounters(
+        inference_count=2, inference_time_ms_sum=1.0, cache_hit_count=2, last_access_ms=START_MS
+    )
     stats = started_node(counters, now_ms=START_MS)
     assert stats["average_inference_time_ms"] == 0.5
     assert stats["average_inference_time_ms_excluding_cache_hits"] == 0.0
 
 
 def test_not_started_node_has_only_routing_and_throughput() -> None:
-    counters = NodeCounters(inference_count=5, error_count=2, peak_throughput_per_minute=5, last_access_ms=START_MS)
+    counters = NodeCounters(
+        inference_count=5, error_count=2, peak_throughput_per_minute=5, last_access_ms=START_MS
+    )
     stats = started_node(counters, now_ms=START_MS, routing_state="starting", reason="")
     assert stats == {
         "node": stats["node"],
@@ -286,12 +295,13 @@ def test_deployment_stats_sums_started_nodes() -> None:
 
 def test_deployment_stats_without_activity_omits_counts() -> None:
     a = started_node(NodeCounters(), now_ms=START_MS)
-    doc = deployment_doc(cache_size_bytes=0, adaptive_allocations={"enabled": True, "min_number_of_allocations": 1})
+    adaptive = {"enabled": True, "min_number_of_allocations": 1}
+    doc = deployment_doc(cache_size_bytes=0, adaptive_allocations=adaptive)
     stats = render_deployment_stats(deployment=doc, node_stats=[a], allocation_status=ALLOCATION_STATUS)
     for name in ("error_count", "rejected_execution_count", "timeout_count", "inference_count", "reason"):
         assert name not in stats
     assert stats["peak_throughput_per_minute"] == 0
     assert stats["cache_size"] == "0b"
-    assert stats["adaptive_allocations"] == {"enabled": True, "min_number_of_allocations": 1}
+    assert stats["adaptive_allocations"] == adaptive
     assert list(stats).index("adaptive_allocations") == list(stats).index("number_of_allocations") + 1
     assert render_inference_stats(stats, timestamp_ms=1)["failure_count"] == 0

