@@ -38,15 +38,19 @@ from shared.cache import POLICIES, SyncResultCache, cache_digest, clear_cache_sy
 from shared.lua import compose
 from tests.redis_server import private_redis
 
+# ARGV[5]: 38-character records, one a request: 32-char digest, 5-digit value size, hot flag.
 REPLAY_BODY = """
 local prefix, budget, policy, now_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local records = ARGV[5]
 local hits, hot_hits = 0, 0
-for i = 5, #ARGV, 3 do
-  if cache_get(prefix, ARGV[i], policy, now_ms) then
+for at = 1, #records, 38 do
+  local digest = string.sub(records, at, at + 31)
+  if cache_get(prefix, digest, policy, now_ms) then
     hits = hits + 1
-    if ARGV[i + 2] == "1" then hot_hits = hot_hits + 1 end
+    if string.sub(records, at + 37, at + 37) == "1" then hot_hits = hot_hits + 1 end
   else
-    cache_put(prefix, ARGV[i], string.rep("v", tonumber(ARGV[i + 1])), budget, policy, now_ms)
+    local size = tonumber(string.sub(records, at + 32, at + 36))
+    cache_put(prefix, digest, string.rep("v", size), budget, policy, now_ms)
   end
 end
 return {hits, hot_hits}
@@ -151,15 +155,18 @@ class Replayer:
             total += int(self.footprints(args=argv))
         return total
 
-    def flat_requests(self, workload: Workload) -> list[str]:
-        """digest, value size, hot flag per request: the replay script's arguments, built once."""
-        flat: list[str] = []
+    def batches(self, workload: Workload) -> list[bytes]:
+        """The replay script's records, ``--batch`` requests a call."""
+        records: list[str] = []
         for key_id, is_hot in zip(workload.key_ids.tolist(), workload.hot.tolist()):
             digest, size = self.key(key_id)
-            flat += [digest, str(size), "1" if is_hot else "0"]
-        return flat
+            records.append(f"{digest}{size:05d}{1 if is_hot else 0}")
+        step = self.args.batch
+        return ["".join(records[i:i + step]).encode() for i in range(0, len(records), step)]
 
-    def run(self, workload: Workload, flat: list[str], policy: str, fraction: float, working_set: int) -> Result:
+    def run(
+        self, workload: Workload, batches: list[bytes], policy: str, fraction: float, working_set: int
+    ) -> Result:
         budget = max(int(working_set * fraction), 1)
         prefix = keys.cache_prefix(f"bench-{workload.name}", f"{policy}-{fraction}")
         clear_cache_sync(self.client, prefix)
@@ -167,10 +174,8 @@ class Replayer:
         now_ms = int(time.time() * 1000)
         started = time.perf_counter()
         ids, hot = workload.key_ids, workload.hot
-        head: list[str | int] = [prefix, budget, policy, now_ms]
-        step = 3 * self.args.batch
-        for start in range(0, len(flat), step):
-            batch_hits, batch_hot_hits = self.replay(args=head + flat[start:start + step])
+        for batch in batches:
+            batch_hits, batch_hot_hits = self.replay(args=[prefix, budget, policy, now_ms, batch])
             hits += int(batch_hits)
             hot_hits += int(batch_hot_hits)
         seconds = time.perf_counter() - started
@@ -255,6 +260,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if not 0 < args.min_value_bytes <= args.max_value_bytes < 100_000:
+        raise SystemExit("value sizes must satisfy 0 < --min-value-bytes <= --max-value-bytes < 100000")
     with redis_url(args.redis_url) as url:
         client = redis.Redis.from_url(url)
         try:
@@ -275,10 +282,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             results = []
             for workload in workloads:
-                flat = replayer.flat_requests(workload)
+                batches = replayer.batches(workload)
                 for fraction in fractions:
                     for policy in policies:
-                        results.append(replayer.run(workload, flat, policy, fraction, working_set))
+                        results.append(replayer.run(workload, batches, policy, fraction, working_set))
             elapsed = time.perf_counter() - started
             print_table(results, policies)
             print(f"(hit = all requests, hot = the Zipf requests only, max hit = 1 - distinct/requests; "

@@ -76,7 +76,13 @@ def create_app(settings: GatewaySettings, *, redis: aioredis.Redis | None = None
         app[REDIS] = client
         app[MODELS] = ModelStore(client)
         app[CONTROL] = ControlPlane(client)
-        producer = Producer(client, blocking, refresh_s=settings.state_refresh_s, cache_timeout_s=settings.cache_timeout_s)
+        producer = Producer(
+            client,
+            blocking,
+            refresh_s=settings.state_refresh_s,
+            cache_timeout_s=settings.cache_timeout_s,
+            cache_affinity=settings.cache_affinity,
+        )
         await producer.start()
         app[PRODUCER] = producer
         stop = asyncio.Event()

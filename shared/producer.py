@@ -67,6 +67,7 @@ class Producer:
         producer_id: str | None = None,
         refresh_s: float = 1.0,
         cache_timeout_s: float = 0.1,
+        cache_affinity: bool = True,
     ) -> None:
         self.redis = client
         self.blocking = blocking_client
@@ -74,6 +75,7 @@ class Producer:
         self.reply_key = keys.gateway_replies(self.producer_id)
         self.watcher = ViewWatcher(client, blocking_client, refresh_s)
         self.cache_timeout_s = cache_timeout_s
+        self.cache_affinity = cache_affinity
         self._dispatch = client.register_script(DISPATCH)
         self._waiting: dict[str, asyncio.Future[InferReply]] = {}
         self._reply_task: asyncio.Task[None] | None = None
@@ -180,7 +182,7 @@ class Producer:
                     digest=digest,
                 )
             )
-            rankings.append(rank_nodes(weights, digest or None))
+            rankings.append(rank_nodes(weights, digest if self.cache_affinity else None))
 
         loop = asyncio.get_running_loop()
         results: list[InferResult | None] = [None] * len(requests)

@@ -38,6 +38,7 @@ class GatewaySettings:
     planner_interval_s: float = 1.0
     state_refresh_s: float = 1.0
     cache_timeout_s: float = 0.1
+    cache_affinity: bool = True  # route identical inputs to the same node (consistent hashing)
     auth_required: bool = False
     bootstrap_api_key: str = ""  # "id:secret" created with every privilege at start, if set
 
@@ -53,6 +54,7 @@ class GatewaySettings:
             planner_interval_s=_float(env, "INFERQ_PLANNER_INTERVAL_S", 1.0),
             state_refresh_s=_float(env, "INFERQ_STATE_REFRESH_S", 1.0),
             cache_timeout_s=_float(env, "INFERQ_CACHE_TIMEOUT_S", 0.1),
+            cache_affinity=_str(env, "INFERQ_CACHE_AFFINITY", "on").lower() not in ("0", "off", "false", "no"),
             auth_required=_str(env, "INFERQ_AUTH", "off").lower() in ("1", "on", "true", "yes"),
             bootstrap_api_key=_str(env, "INFERQ_BOOTSTRAP_API_KEY", ""),
         )

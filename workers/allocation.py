@@ -23,7 +23,7 @@ import torch
 
 from shared import keys
 from shared.errors import InferenceFailed, InferqError
-from shared.queue import COMPLETE, TAKE
+from shared.queue import COMPLETE, REQUEUE, TAKE
 from shared.wire import InferReply, InferRequest, WireError
 from workers.runtime import LoadedModel
 from workers.tasks import Prepared
@@ -104,20 +104,32 @@ class Allocation(threading.Thread):
         client = self.connect()
         take = client.register_script(TAKE)
         complete = client.register_script(COMPLETE)
+        requeue = client.register_script(REQUEUE)
+        recovering = True  # first pass: put back whatever a previous failure left in our list
         try:
             while not self.stop_requested.is_set():
-                raw = client.blmove(self.queue_key, self.processing_key, 0.5, "RIGHT", "LEFT")
-                if raw is None:
-                    if self.drain_requested.is_set():
-                        break
-                    continue
-                items = [raw]
-                limits = self.context.limits
-                if limits.max_batch_size > 1:
-                    if limits.batch_wait_ms > 0:
-                        time.sleep(limits.batch_wait_ms / 1000)
-                    items += take(keys=[self.queue_key, self.processing_key], args=[limits.max_batch_size - 1])
-                self.serve(client, complete, items)
+                try:
+                    if recovering:
+                        requeue(keys=[self.processing_key, self.queue_key])
+                        recovering = False
+                    raw = client.blmove(self.queue_key, self.processing_key, 0.5, "RIGHT", "LEFT")
+                    if raw is None:
+                        if self.drain_requested.is_set():
+                            break
+                        continue
+                    items = [raw]
+                    limits = self.context.limits
+                    if limits.max_batch_size > 1:
+                        if limits.batch_wait_ms > 0:
+                            time.sleep(limits.batch_wait_ms / 1000)
+                        items += take(keys=[self.queue_key, self.processing_key], args=[limits.max_batch_size - 1])
+                    self.serve(client, complete, items)
+                except redis.RedisError as exc:
+                    # Redis is away: what we took stays in our processing list and is
+                    # requeued on restart; keep the allocation alive and retry.
+                    log.warning("allocation %s: redis error: %s", self.name, exc)
+                    recovering = True
+                    self.stop_requested.wait(0.5)
         except Exception:
             log.exception("allocation %s stopped on an error", self.name)
         finally:
