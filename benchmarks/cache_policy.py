@@ -122,7 +122,7 @@ def make_workloads(args: argparse.Namespace) -> list[Workload]:
     shifted = np.empty(total, dtype=np.int64)
     for start in range(0, total, args.shift_every):
         order = rng.permutation(n)
-        shifted[start:start + args.shift_every] = order[ranks[start:start + args.shift_every]]
+        shifted[start : start + args.shift_every] = order[ranks[start : start + args.shift_every]]
     return [
         Workload("zipf", zipf, np.ones(total, dtype=bool)),
         Workload("zipf+scan", scan, np.concatenate(flags)),
@@ -143,7 +143,8 @@ class Replayer:
     def key(self, key_id: int) -> tuple[str, int]:
         if key_id < self.args.keys:
             return self.digests[key_id], int(self.sizes[key_id])
-        size = self.args.min_value_bytes + key_id % (self.args.max_value_bytes - self.args.min_value_bytes + 1)
+        low, high = self.args.min_value_bytes, self.args.max_value_bytes
+        size = low + key_id % (high - low + 1)
         return cache_digest("scan", str(key_id)), size
 
     def working_set_bytes(self, prefix: str) -> int:
@@ -158,11 +159,11 @@ class Replayer:
     def batches(self, workload: Workload) -> list[bytes]:
         """The replay script's records, ``--batch`` requests a call."""
         records: list[str] = []
-        for key_id, is_hot in zip(workload.key_ids.tolist(), workload.hot.tolist()):
+        for key_id, is_hot in zip(workload.key_ids.tolist(), workload.hot.tolist(), strict=True):
             digest, size = self.key(key_id)
             records.append(f"{digest}{size:05d}{1 if is_hot else 0}")
         step = self.args.batch
-        return ["".join(records[i:i + step]).encode() for i in range(0, len(records), step)]
+        return ["".join(records[i : i + step]).encode() for i in range(0, len(records), step)]
 
     def run(
         self, workload: Workload, batches: list[bytes], policy: str, fraction: float, working_set: int
@@ -184,18 +185,29 @@ class Replayer:
         hot_requests = int(hot.sum())
         distinct = len(np.unique(ids))
         return Result(
-            workload=workload.name, policy=policy, budget_fraction=fraction, budget_bytes=budget,
-            requests=len(ids), hits=hits, hit_ratio=hits / len(ids), hot_requests=hot_requests,
-            hot_hit_ratio=hot_hits / max(hot_requests, 1), max_hit_ratio=1 - distinct / len(ids),
-            evictions=stats.evictions, entries=stats.entries, used_bytes=stats.used_bytes,
+            workload=workload.name,
+            policy=policy,
+            budget_fraction=fraction,
+            budget_bytes=budget,
+            requests=len(ids),
+            hits=hits,
+            hit_ratio=hits / len(ids),
+            hot_requests=hot_requests,
+            hot_hit_ratio=hot_hits / max(hot_requests, 1),
+            max_hit_ratio=1 - distinct / len(ids),
+            evictions=stats.evictions,
+            entries=stats.entries,
+            used_bytes=stats.used_bytes,
             seconds=round(seconds, 2),
         )
 
 
 def print_table(results: Sequence[Result], policies: Sequence[str]) -> None:
-    header = f"{'workload':<11} {'budget':>6} {'budget MiB':>10} " + " ".join(
-        f"{p + ' hit':>8} {p + ' hot':>8}" for p in policies
-    ) + f" {'max hit':>8}"
+    header = (
+        f"{'workload':<11} {'budget':>6} {'budget MiB':>10} "
+        + " ".join(f"{p + ' hit':>8} {p + ' hot':>8}" for p in policies)
+        + f" {'max hit':>8}"
+    )
     print(header)
     print("-" * len(header))
     rows: dict[tuple[str, float], dict[str, Result]] = {}
@@ -206,7 +218,8 @@ def print_table(results: Sequence[Result], policies: Sequence[str]) -> None:
         cells = " ".join(
             f"{by_policy[p].hit_ratio:>8.3f} {by_policy[p].hot_hit_ratio:>8.3f}" for p in policies
         )
-        print(f"{workload:<11} {fraction:>6.0%} {first.budget_bytes / 2**20:>10.2f} {cells} {first.max_hit_ratio:>8.3f}")
+        budget_mib = first.budget_bytes / 2**20
+        print(f"{workload:<11} {fraction:>6.0%} {budget_mib:>10.2f} {cells} {first.max_hit_ratio:>8.3f}")
 
 
 def calibrate(client: redis.Redis) -> None:
@@ -214,7 +227,10 @@ def calibrate(client: redis.Redis) -> None:
     constant = int(client.eval(compose("cache", body=OVERHEAD_BODY), 0))
     rng = np.random.default_rng(7)
     print(f"cache_overhead_bytes() = {constant}; redis {client.info('server')['redis_version']}")
-    print(f"{'values (bytes)':<16} {'entries':>7} {'accounted':>10} {'redis':>10} {'error':>7} {'ideal constant':>15}")
+    print(
+        f"{'values (bytes)':<16} {'entries':>7} {'accounted':>10} {'redis':>10} {'error':>7} "
+        f"{'ideal constant':>15}"
+    )
     for low, high in [(1, 40), (50, 200), (200, 2_000), (2_000, 8_000), (20_000, 60_000)]:
         for entries in (200, 1_000, 3_000):
             prefix = keys.cache_prefix("calibrate", f"{low}-{high}-{entries}")
@@ -224,8 +240,10 @@ def calibrate(client: redis.Redis) -> None:
             footprint = cache.footprint()
             ideal = constant + (footprint.redis_bytes - footprint.accounted_bytes) / entries
             error = (footprint.accounted_bytes - footprint.redis_bytes) / footprint.redis_bytes
-            print(f"{f'{low}-{high}':<16} {entries:>7} {footprint.accounted_bytes:>10} "
-                  f"{footprint.redis_bytes:>10} {error:>+7.2%} {ideal:>15.1f}")
+            print(
+                f"{f'{low}-{high}':<16} {entries:>7} {footprint.accounted_bytes:>10} "
+                f"{footprint.redis_bytes:>10} {error:>+7.2%} {ideal:>15.1f}"
+            )
             cache.clear()
 
 
@@ -277,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(
                 f"{args.keys} keys, {args.requests} requests per workload, Zipf s={args.zipf_s}, values "
                 f"{args.min_value_bytes}-{args.max_value_bytes} B, scan {args.scan_fraction:.0%} in runs of "
-                f"{args.scan_run}, shift every {args.shift_every}; working set {working_set / 2**20:.2f} MiB; "
+                f"{args.scan_run}, shift every {args.shift_every}; "
+                f"working set {working_set / 2**20:.2f} MiB; "
                 f"redis {client.info('server')['redis_version']}"
             )
             results = []
@@ -288,8 +307,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         results.append(replayer.run(workload, batches, policy, fraction, working_set))
             elapsed = time.perf_counter() - started
             print_table(results, policies)
-            print(f"(hit = all requests, hot = the Zipf requests only, max hit = 1 - distinct/requests; "
-                  f"{elapsed:.1f} s)")
+            print(
+                f"(hit = all requests, hot = the Zipf requests only, max hit = 1 - distinct/requests; "
+                f"{elapsed:.1f} s)"
+            )
             args.out.parent.mkdir(parents=True, exist_ok=True)
             report = {
                 "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

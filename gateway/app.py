@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway import deployments_api, infer_api, models_api, stats_api
+from gateway import auth, deployments_api, infer_api, models_api, stats_api
 from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
 from gateway.control import ControlPlane, planner_loop
 from gateway.http import check_params, error_middleware, json_response
@@ -99,6 +99,7 @@ def create_app(settings: GatewaySettings, *, redis: aioredis.Redis | None = None
 
     app.cleanup_ctx.append(resources)
     add_routes(app)
+    auth.setup(app)  # _security routes; with INFERQ_AUTH=on also the auth middleware
     return app
 
 

@@ -85,12 +85,7 @@ def query_int(request: web.Request, name: str, default: int) -> int:
 
 async def read_json(request: web.Request) -> Any | None:
     """The decoded JSON body, or None when there is none."""
-    raw = await request.read()
-    if request.headers.get("Content-Encoding", "").lower() in ("gzip", "deflate"):
-        try:
-            raw = gzip.decompress(raw) if request.headers["Content-Encoding"].lower() == "gzip" else zlib.decompress(raw)
-        except (OSError, zlib.error, EOFError) as exc:
-            raise BadRequest(f"failed to decompress request body: {exc}") from exc
+    raw = inflate(await request.read(), request.headers.get("Content-Encoding", ""))
     if not raw.strip():
         return None
     content_type = request.content_type.lower()
@@ -100,6 +95,21 @@ async def read_json(request: web.Request) -> Any | None:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise XContentParseError(f"Failed to parse request body: {exc}") from exc
+
+
+def inflate(raw: bytes, content_encoding: str) -> bytes:
+    """A ``gzip``/``deflate`` request body, inflated. aiohttp's server already inflates bodies
+    itself and leaves the header in place, so only bytes that still look compressed (by their
+    magic number; JSON never starts with them) are inflated here."""
+    encoding = content_encoding.strip().lower()
+    try:
+        if encoding == "gzip" and raw[:2] == b"\x1f\x8b":
+            return gzip.decompress(raw)
+        if encoding == "deflate" and raw[:1] == b"\x78":
+            return zlib.decompress(raw)
+    except (OSError, zlib.error, EOFError) as exc:
+        raise BadRequest(f"failed to decompress request body: {exc}") from exc
+    return raw
 
 
 async def read_object(request: web.Request, *, required: bool) -> dict[str, Any]:

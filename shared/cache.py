@@ -16,7 +16,7 @@ the same operations, and ``NullCache`` / ``SyncNullCache`` stand in when the bud
 callers never ask whether caching is on: ``make_cache`` / ``make_sync_cache`` pick one.
 
 On the request path (``get``/``put``) a slow or failing Redis is a miss / a value not stored:
-the async shell bounds each call with ``asyncio.wait_for(timeout_s)``, the sync shell relies on
+the async shell bounds each call with ``asyncio.timeout(timeout_s)``, the sync shell relies on
 the client's socket timeouts (``sync_cache_client`` builds a suitable client), both swallow
 Redis and socket errors, count them locally, and skip the cache for ``retry_after_s`` after a
 failure so a broken Redis costs at most one bounded wait per window. ``clear``, ``stats`` and
@@ -34,7 +34,7 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Any, Literal, Protocol, TypeVar, Union
+from typing import Any, Literal, Protocol, TypeVar
 
 import redis
 import redis.asyncio
@@ -56,9 +56,7 @@ _SCAN_COUNT = 500
 # Script bodies: ARGV carries the prefix and arguments; KEYS names the keys each call touches
 # up front (evictions also touch other entries under the same hash tag).
 GET_BODY = "return cache_get(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))"
-PUT_BODY = (
-    "return cache_put(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))"
-)
+PUT_BODY = "return cache_put(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))"
 CLEAR_BODY = "return cache_clear(ARGV[1])"
 SWEEP_BODY = "return cache_sweep(ARGV[1], KEYS)"
 AUDIT_BODY = "return cache_audit(ARGV[1])"
@@ -163,7 +161,7 @@ class CacheFootprint:
 @dataclass(frozen=True, slots=True)
 class _Eval:
     script: LuaScript
-    keys: tuple[str, ...]
+    keys: tuple[str | bytes, ...]
     args: tuple[str | bytes | int, ...]
 
 
@@ -177,7 +175,7 @@ class _Pipeline:
     commands: tuple[tuple[str | bytes | int, ...], ...]
 
 
-_Request = Union[_Eval, _Command, _Pipeline]
+_Request = _Eval | _Command | _Pipeline
 T = TypeVar("T")
 _Ops = Generator[_Request, Any, T]
 
@@ -191,8 +189,7 @@ def _clear_ops(prefix: str) -> _Ops[int]:
     while True:
         cursor, found = yield _Command(("SCAN", cursor, "MATCH", scan_pattern(prefix), "COUNT", _SCAN_COUNT))
         if found:
-            keys = tuple(k.decode() if isinstance(k, bytes) else str(k) for k in found)
-            removed += int((yield _Eval(scripts.sweep, keys, (prefix,))))
+            removed += int((yield _Eval(scripts.sweep, tuple(found), (prefix,))))
         if int(cursor) == 0:
             return removed
 
@@ -272,16 +269,17 @@ def _run_sync(client: redis.Redis, ops: _Ops[T]) -> T:
         while True:
             request = ops.send(reply)
             if isinstance(request, _Eval):
+                keys, args = request.keys, request.args
                 try:
-                    reply = client.evalsha(request.script.sha, len(request.keys), *request.keys, *request.args)
+                    reply = client.evalsha(request.script.sha, len(keys), *keys, *args)
                 except NoScriptError:
-                    reply = client.eval(request.script.source, len(request.keys), *request.keys, *request.args)
+                    reply = client.eval(request.script.source, len(keys), *keys, *args)
             elif isinstance(request, _Command):
-                reply = client.execute_command(*request.args)
+                reply = client.execute_command(*request.args)  # type: ignore[no-untyped-call]
             else:
                 with client.pipeline(transaction=False) as pipe:
                     for command in request.commands:
-                        pipe.execute_command(*command)
+                        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
                     reply = pipe.execute()
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
@@ -293,16 +291,13 @@ async def _run_async(client: redis.asyncio.Redis, ops: _Ops[T]) -> T:
         while True:
             request = ops.send(reply)
             if isinstance(request, _Eval):
+                keys, args = request.keys, request.args
                 try:
-                    reply = await client.evalsha(
-                        request.script.sha, len(request.keys), *request.keys, *request.args
-                    )
+                    reply = await client.evalsha(request.script.sha, len(keys), *keys, *args)
                 except NoScriptError:
-                    reply = await client.eval(
-                        request.script.source, len(request.keys), *request.keys, *request.args
-                    )
+                    reply = await client.eval(request.script.source, len(keys), *keys, *args)
             elif isinstance(request, _Command):
-                reply = await client.execute_command(*request.args)
+                reply = await client.execute_command(*request.args)  # type: ignore[no-untyped-call]
             else:
                 async with client.pipeline(transaction=False) as pipe:
                     for command in request.commands:
@@ -349,20 +344,23 @@ class _Breaker:
         self.retry_after_s = retry_after_s
         self.errors = 0
         self.skipped = 0
-        self._closed_at_s = 0.0
+        self._skip_until_s = 0.0
 
     def allow(self) -> bool:
-        if time.monotonic() >= self._closed_at_s:
+        if time.monotonic() >= self._skip_until_s:
             return True
         self.skipped += 1
         return False
 
     def fail(self, exc: BaseException) -> None:
         self.errors += 1
-        self._closed_at_s = time.monotonic() + self.retry_after_s
+        self._skip_until_s = time.monotonic() + self.retry_after_s
         log.warning(
             "result cache %s unavailable (%s: %s); skipping it for %.1f s",
-            self.name, type(exc).__name__, exc, self.retry_after_s,
+            self.name,
+            type(exc).__name__,
+            exc,
+            self.retry_after_s,
         )
 
     def local(self, stats: CacheStats) -> CacheStats:
@@ -376,7 +374,8 @@ def _check_args(client: Any, budget_bytes: int, policy: str, timeout_s: float) -
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s}")
-    if client.get_connection_kwargs().get("decode_responses"):
+    connection_kwargs: dict[str, Any] = getattr(client, "get_connection_kwargs", dict)()
+    if connection_kwargs.get("decode_responses"):
         raise ValueError("the cache needs a client created with decode_responses=False")
 
 
@@ -431,8 +430,9 @@ class ResultCache:
             ops.close()
             return default
         try:
-            return await asyncio.wait_for(_run_async(self.redis, ops), self.timeout_s)
-        except (RedisError, OSError) as exc:  # asyncio.TimeoutError is TimeoutError, an OSError
+            async with asyncio.timeout(self.timeout_s):
+                return await _run_async(self.redis, ops)
+        except (RedisError, OSError) as exc:  # the timeout raises TimeoutError, an OSError
             self._breaker.fail(exc)
             return default
 
@@ -556,8 +556,12 @@ def make_cache(
     if budget_bytes == 0:
         return NullCache()
     return ResultCache(
-        redis_client, prefix, budget_bytes=budget_bytes, policy=policy,
-        timeout_s=timeout_s, retry_after_s=retry_after_s,
+        redis_client,
+        prefix,
+        budget_bytes=budget_bytes,
+        policy=policy,
+        timeout_s=timeout_s,
+        retry_after_s=retry_after_s,
     )
 
 

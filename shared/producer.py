@@ -136,8 +136,15 @@ class Producer:
         *,
         inference_config: Mapping[str, Any] | None = None,
         timeout_ms: float = DEFAULT_TIMEOUT_MS,
+        queue_limit: int | None = None,
     ) -> list[InferResult]:
-        """Results in document order. Raises InferqError (QueueFull, RequestTimeout, 4xx, 500)."""
+        """Results in document order. Raises InferqError (QueueFull, RequestTimeout, 4xx, 500).
+
+        ``queue_limit`` (bulk producers): push only while a node's queue holds fewer items than
+        this (never more than the deployment's ``queue_capacity``), so interactive requests keep
+        the rest of the queue; a refusal under this lower bound raises ``QueueFull`` but is
+        back-pressure, not a rejection, so it is not counted in ``rejected_execution_count``.
+        """
         view = await self.resolve(model_or_deployment_id)
         if view.state in ("stopping", "failed"):
             raise Conflict(f"Trained model [{view.deployment_id}] is [{view.state}]")
@@ -149,7 +156,9 @@ class Producer:
             view.doc["inference_config"], inference_config, model_id=view.model_id
         )
         texts = [task_config.read_input_text(doc, field_names) for doc in docs]
-        return await self.infer_texts(view, texts, config, timeout_ms=timeout_ms, weights=weights)
+        return await self.infer_texts(
+            view, texts, config, timeout_ms=timeout_ms, weights=weights, queue_limit=queue_limit
+        )
 
     async def infer_texts(
         self,
@@ -159,6 +168,7 @@ class Producer:
         *,
         timeout_ms: float,
         weights: Mapping[str, int],
+        queue_limit: int | None = None,
     ) -> list[InferResult]:
         enqueued_ms = now_ms()
         deadline_ms = enqueued_ms + int(timeout_ms)
@@ -195,7 +205,9 @@ class Producer:
             pending = list(range(len(requests)))
             attempt = 0
             while pending:
-                outcomes = await self._dispatch_round(view, requests, rankings, pending, attempt, enqueued_ms)
+                outcomes = await self._dispatch_round(
+                    view, requests, rankings, pending, attempt, enqueued_ms, queue_limit=queue_limit
+                )
                 still_full: list[int] = []
                 for i, (node, outcome) in zip(pending, outcomes, strict=True):
                     code = int(outcome[0])
@@ -226,8 +238,12 @@ class Producer:
         pending: Sequence[int],
         attempt: int,
         now: int,
+        *,
+        queue_limit: int | None = None,
     ) -> list[tuple[str, list[Any]]]:
         nodes = [rankings[i][attempt] for i in pending]
+        capacity = view.queue_capacity if queue_limit is None else max(0, min(queue_limit, view.queue_capacity))
+        count_rejection = queue_limit is None
         async with self.redis.pipeline(transaction=False) as pipe:
             for i, node in zip(pending, nodes, strict=True):
                 request = requests[i]
@@ -240,9 +256,9 @@ class Producer:
                         view.cache_policy,
                         now,
                         view.start_ms(node),
-                        view.queue_capacity,
+                        capacity,
                         request.pack(),
-                        1 if last else 0,
+                        1 if last and count_rejection else 0,
                     ],
                     client=pipe,
                 )

@@ -41,8 +41,11 @@ class LocalCluster:
         return subprocess.Popen([sys.executable, "-m", "shared.cli", *argv], env=env)
 
     def start_gateway(self, port: int | None = None) -> int:
+        return self.start_gateway_with({}, port)
+
+    def start_gateway_with(self, extra_env: dict[str, str], port: int | None = None) -> int:
         port = port or free_port()
-        self.gateways.append(self._spawn(["gateway", "--port", str(port)]))
+        self.gateways.append(self._spawn(["gateway", "--port", str(port)], extra_env))
         wait_http(f"http://127.0.0.1:{port}/", 30)
         return port
 

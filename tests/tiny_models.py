@@ -123,9 +123,9 @@ def _write_xlm_roberta_tokenizer(folder: Path, max_length: int) -> int:
     )
     tok.train_from_iterator(CORPUS + WORDS, trainer=trainer)
     tok.add_special_tokens(["<mask>"])
-    tok.post_processor = processors.RobertaProcessing(
-        sep=("</s>", tok.token_to_id("</s>")), cls=("<s>", tok.token_to_id("<s>")), trim_offsets=True,
-        add_prefix_space=True,
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(  # as Hugging Face converts XLM-R's sentencepiece model
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
     )
     tokenizer = transformers.XLMRobertaTokenizerFast(
         tokenizer_object=tok,

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 from shared.errors import BadRequest, IllegalArgument
 
@@ -62,8 +62,12 @@ _MODEL_INPUTS: dict[str, tuple[str, ...]] = {
     "deberta_v2": MODEL_INPUTS_THREE,
 }
 
-# Tokenizers whose tokens carry spaces (byte-level "Ġ", sentencepiece "▁"): offsets get trimmed.
-_TRIMMED_KINDS = ("roberta", "xlm_roberta", "deberta_v2")
+# Byte-level BPE tokens carry their leading space ("Ġ"): offsets are trimmed by Hugging Face's
+# RoBERTa post-processor (exactly as RobertaTokenizerFast reports them).
+_BYTE_LEVEL_KINDS = ("roberta",)
+# Sentencepiece tokens carry theirs as "▁": offsets are trimmed of whitespace, as Elasticsearch's
+# tokenizer reports them (Hugging Face keeps the space inside the offsets).
+_SENTENCEPIECE_KINDS = ("xlm_roberta", "deberta_v2")
 
 SUPPORTED_TOKENIZERS: tuple[str, ...] = ("bert", "mpnet", "roberta", "xlm_roberta", "deberta_v2")
 
@@ -125,6 +129,17 @@ class Tokenization:
     inner: InnerTokens | None = None
 
 
+def _trim_whitespace(text: str, offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    trimmed = []
+    for start, end in offsets:
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        trimmed.append((start, end))
+    return trimmed
+
+
 def _vocab_dict(vocabulary: Sequence[str]) -> dict[str, int]:
     vocab: dict[str, int] = {}
     for i, token in enumerate(vocabulary):
@@ -147,6 +162,7 @@ def _build_hf_tokenizer(
             clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=settings.do_lower_case
         )
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
     elif kind == "roberta":
         if not merges:
             raise IllegalArgument("tokenizer type [roberta] requires [merges] to be provided and non-empty")
@@ -159,6 +175,7 @@ def _build_hf_tokenizer(
                        fuse_unk=False)
         )
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=settings.add_prefix_space, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
     elif kind in ("xlm_roberta", "deberta_v2"):
         if not scores or len(scores) != len(vocabulary):
             raise IllegalArgument(f"tokenizer type [{kind}] requires [scores] of the same length as [vocabulary]")
@@ -170,9 +187,10 @@ def _build_hf_tokenizer(
         steps.append(normalizers.Replace(Regex(" {2,}"), " "))
         tok.normalizer = normalizers.Sequence(steps)
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     else:
         raise IllegalArgument(f"unknown tokenization type [{kind}]")
-    if kind in _TRIMMED_KINDS and specials.cls in vocab and specials.sep in vocab:
+    if kind in _BYTE_LEVEL_KINDS and specials.cls in vocab and specials.sep in vocab:
         # Only used to trim the spaces that byte-level / sentencepiece tokens carry out of their
         # offsets, exactly as Hugging Face's RoBERTa post-processor does; see ``NlpTokenizer.encode``.
         tok.post_processor = processors.RobertaProcessing(
@@ -241,6 +259,8 @@ class NlpTokenizer:
             ids = list(encoding.ids)
             offsets = [tuple(o) for o in encoding.offsets]
             raw_words = list(encoding.word_ids)
+        if self.kind in _SENTENCEPIECE_KINDS:
+            offsets = _trim_whitespace(text, offsets)
         word_ids: list[int] = []
         next_word = 0
         last_raw: int | None = None

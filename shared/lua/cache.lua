@@ -22,12 +22,16 @@
 -- close to wall-clock microseconds. The LRU score is the tick of the last access.
 --
 -- Footprint of an entry (what meta.bytes counts; see cache_entry_footprint): entry key bytes +
--- stored string bytes (header + value, the latter rounded up to jemalloc's size class) + zset
--- member bytes + 8 (the score) + cache_overhead_bytes(), a constant for what Redis adds per entry
--- (robj, dict entries and buckets, skiplist node, SDS headers and their rounding). It was
--- calibrated against redis-server 7.0.15 (jemalloc 5.3) by filling caches with 200-2000 entries
--- of several value-size mixes and comparing meta.bytes with sum(MEMORY USAGE key SAMPLES 0) over
--- every key of the cache: `python -m benchmarks.cache_policy --calibrate` repeats the measurement.
+-- the stored string's buffer (SDS header + 26-byte header + value + NUL, rounded up to jemalloc's
+-- size class, as MEMORY USAGE reports it) + zset member bytes + 8 (the score) +
+-- cache_overhead_bytes(), a constant for what Redis adds per entry and that does not grow with
+-- the value (robj, main-dict and zset-dict entries and buckets, skiplist node, the key's and the
+-- member's SDS headers and rounding). It was calibrated against redis-server 7.0.15 (jemalloc 5.3)
+-- by filling caches of 200, 1000 and 3000 entries with values of 1-40 B up to 20-60 KB and
+-- solving for the constant that makes meta.bytes equal sum(MEMORY USAGE key SAMPLES 0) over every
+-- key of the cache: 128-149 across those runs (errors under 1.5%); `python -m benchmarks.cache_policy --calibrate`
+-- repeats it. Up to 128 members Redis keeps the index as a listpack, about 77 bytes a member
+-- cheaper than the skiplist assumed here: small caches are over-counted (never under).
 --
 -- Numbers handed to redis.call are formatted with "%.0f": Lua 5.1 would otherwise print large
 -- ones with 14 significant digits ("1.7e+15") and lose precision.
@@ -54,7 +58,10 @@ local function cache_alloc_bytes(n)
   if n <= 128 then
     return math.ceil(n / 16) * 16
   end
-  local group = 2 ^ math.floor(math.log(n - 1) / math.log(2))
+  local group = 128
+  while group * 2 < n do
+    group = group * 2
+  end
   local step = group / 4
   return math.ceil(n / step) * step
 end
@@ -101,14 +108,16 @@ local function cache_evict_until(prefix, target_bytes, policy)
   local meta = prefix .. ":meta"
   local idx = prefix .. ":idx"
   local used = tonumber(redis.call("HGET", meta, "bytes")) or 0
+  if used <= target_bytes then
+    return 0
+  end
   local evicted = 0
   local last_count = nil
+  local drained = false
   while used > target_bytes do
     local popped = redis.call("ZPOPMIN", idx)
     if popped[1] == nil then
-      -- nothing indexed means nothing is accounted: repair a drifted counter
-      used = 0
-      redis.call("HSET", meta, "entries", 0)
+      drained = true
       break
     end
     redis.call("DEL", prefix .. ":e:" .. cache_member_digest(popped[1]))
@@ -116,20 +125,25 @@ local function cache_evict_until(prefix, target_bytes, policy)
     evicted = evicted + 1
     last_count = popped[2]
   end
-  if evicted > 0 then
+  if drained then
+    -- nothing indexed means nothing is accounted: repair counters that drifted
+    used = 0
+    redis.call("HSET", meta, "entries", 0)
+  else
     redis.call("HINCRBY", meta, "entries", -evicted)
+  end
+  redis.call("HSET", meta, "bytes", cache_num(used))
+  if evicted > 0 then
     redis.call("HINCRBY", meta, "evictions", evicted)
     if policy ~= "lru" then
       redis.call("HSET", meta, "last_evicted_count", last_count)
     end
   end
-  if evicted > 0 or used == 0 then
-    redis.call("HSET", meta, "bytes", cache_num(used))
-  end
   return evicted
 end
 
 -- The stored value on a hit (and the entry's bookkeeping is touched), false on a miss.
+-- now_ms: the caller's clock in milliseconds (it drives the LRU ticks).
 local function cache_get(prefix, digest, policy, now_ms)
   local meta = prefix .. ":meta"
   local entry = prefix .. ":e:" .. digest
@@ -212,9 +226,10 @@ local function cache_sweep(prefix, keys)
     if key ~= idx and key ~= prefix .. ":meta" then
       local orphan = true
       if string.sub(key, 1, #entry_prefix) == entry_prefix then
-        local header = redis.call("GETRANGE", key, 0, cache_header_bytes() - 1)
-        local member = header .. string.sub(key, #entry_prefix + 1)
-        orphan = #header < cache_header_bytes() or redis.call("ZSCORE", idx, member) == false
+        local header = redis.pcall("GETRANGE", key, 0, cache_header_bytes() - 1)
+        if type(header) == "string" and #header == cache_header_bytes() then
+          orphan = redis.call("ZSCORE", idx, header .. string.sub(key, #entry_prefix + 1)) == false
+        end
       end
       if orphan then
         deleted = deleted + redis.call("DEL", key)

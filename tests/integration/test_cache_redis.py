@@ -37,9 +37,7 @@ from shared.cache import (
 from shared.lua import compose
 from tests.redis_server import free_port
 
-SETTINGS = settings(
-    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CONCURRENT_SETTINGS = settings(SETTINGS, max_examples=25)
 FOOTPRINT_BODY = "return cache_entry_footprint(#(ARGV[1] .. ':e:' .. ARGV[2]), tonumber(ARGV[3]), #ARGV[2])"
 
@@ -71,8 +69,11 @@ def assert_consistent(client: redis.Redis, cache: SyncResultCache) -> CacheFootp
     assert footprint.accounted_bytes == footprint.recorded_bytes <= cache.budget_bytes
     assert footprint.entries == footprint.indexed_entries
     indexed = {m[26:] for m in client.zrange(f"{cache.prefix}:idx", 0, -1)}
-    stored = {k[len(cache.prefix) + 3:] for k in client.scan_iter(match=scan_pattern(cache.prefix))
-              if k.startswith(f"{cache.prefix}:e:".encode())}
+    stored = {
+        k[len(cache.prefix) + 3 :]
+        for k in client.scan_iter(match=scan_pattern(cache.prefix))
+        if k.startswith(f"{cache.prefix}:e:".encode())
+    }
     assert stored == indexed
     return footprint
 
@@ -106,7 +107,8 @@ def concurrent_workloads(draw: st.DrawFn) -> tuple[int, Policy, list[list[tuple[
     too_large = st.integers(budget // 2, budget * 2)
     put = st.tuples(st.just("put"), st.integers(0, 30), st.one_of(fitting, fitting, fitting, too_large))
     get = st.tuples(st.just("get"), st.integers(0, 30), st.just(0))
-    writers = draw(st.lists(st.lists(st.one_of(put, put, get), min_size=1, max_size=30), min_size=2, max_size=4))
+    ops = st.lists(st.one_of(put, put, get), min_size=1, max_size=30)
+    writers = draw(st.lists(ops, min_size=2, max_size=4))
     return budget, draw(st.sampled_from(POLICIES)), writers
 
 
@@ -238,7 +240,8 @@ def test_small_cache_is_accounted_conservatively(
             for i, size in enumerate(values):
                 assert cache.put(cache_digest(str(i)), value_for(i, size))
             footprint = assert_consistent(client, cache)
-            assert footprint.redis_bytes <= footprint.accounted_bytes <= footprint.redis_bytes + 90 * len(values)
+            over_bytes = footprint.accounted_bytes - footprint.redis_bytes
+            assert 0 <= over_bytes <= 90 * len(values)
             if typical:
                 assert_agrees_with_redis(footprint)
             cache.clear()

@@ -51,7 +51,8 @@ def footprint_of(client: fakeredis.FakeRedis, digest: str, value_bytes: int) -> 
 
 
 def score(client: fakeredis.FakeRedis, digest: str) -> float | None:
-    for member, value in client.zrange(index_key(PREFIX), 0, -1, withscores=True):
+    members: list[tuple[bytes, float]] = client.zrange(index_key(PREFIX), 0, -1, withscores=True)  # type: ignore[assignment]
+    for member, value in members:
         if member.decode().endswith(digest):
             return float(value)
     return None
@@ -83,8 +84,20 @@ def test_fragment_defines_local_functions_only(fake: fakeredis.FakeRedis) -> Non
 
 @pytest.mark.parametrize(
     ("requested", "allocated"),
-    [(1, 8), (8, 8), (9, 16), (100, 112), (128, 128), (129, 160), (257, 320), (1025, 1280),
-     (2000, 2048), (5000, 5120), (14337, 16384), (70000, 81920)],
+    [
+        (1, 8),
+        (8, 8),
+        (9, 16),
+        (100, 112),
+        (128, 128),
+        (129, 160),
+        (257, 320),
+        (1025, 1280),
+        (2000, 2048),
+        (5000, 5120),
+        (14337, 16384),
+        (70000, 81920),
+    ],
 )
 def test_alloc_bytes_follows_jemalloc_size_classes(
     fake: fakeredis.FakeRedis, requested: int, allocated: int
@@ -277,4 +290,3 @@ def test_script_missing_from_the_server_is_loaded_again(fake: fakeredis.FakeRedi
     assert cache.put("d", b"v")
     fake.script_flush()
     assert cache.get("d") == b"v"
-

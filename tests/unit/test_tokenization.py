@@ -186,6 +186,14 @@ TEXTS = [
 ]
 
 
+def strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
 @pytest.fixture(scope="module")
 def hf_tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import transformers
@@ -211,7 +219,10 @@ def test_matches_hugging_face(family: str, hf_tokenizers: dict[str, Any]) -> Non
         expected = hf(text, add_special_tokens=False, return_offsets_mapping=True)
         inner = tok.encode(text)
         assert inner.ids == expected["input_ids"], text
-        assert inner.offsets == [tuple(o) for o in expected["offset_mapping"]], text
+        hf_offsets = [tuple(o) for o in expected["offset_mapping"]]
+        if family == "xlm_roberta":  # Hugging Face keeps the "▁" space inside sentencepiece offsets; ES does not
+            hf_offsets = [strip_span(text, s, e) for s, e in hf_offsets]
+        assert inner.offsets == hf_offsets, text
         single = hf(text)
         assert tok.tokenize(text).windows[0].input_ids == single["input_ids"]
         pair = hf("What is it?", text)
