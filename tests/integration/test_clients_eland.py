@@ -32,7 +32,7 @@ MODEL_ID = "eland-emb"
 
 @pytest.fixture(scope="module")
 def eland_cluster(redis_url: str) -> Iterator[LocalCluster]:
-    with local_cluster(redis_url, nodes=[("node-1", 2)]) as running:
+    with local_cluster(redis_url, nodes=[("node-1", 4)]) as running:
         yield running
 
 
