@@ -17,6 +17,7 @@ async def start_deployment(request: web.Request) -> web.Response:
     body = await read_object(request, required=False)
     params = parse_start(request.match_info["model_id"], request.query, body)
     assignment = await request.app[CONTROL].start(params)
+    await request.app[PRODUCER].watcher.refresh()  # an _infer right after the start must see its routes
     return json_response(request, {"assignment": assignment})
 
 

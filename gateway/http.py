@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+from redis.exceptions import RedisError
 
 from shared.errors import (
     BadRequest,
@@ -25,6 +27,7 @@ from shared.errors import (
     MethodNotAllowed,
     NotFound,
     TooLarge,
+    Unavailable,
     XContentParseError,
 )
 
@@ -85,7 +88,10 @@ def query_int(request: web.Request, name: str, default: int) -> int:
 
 async def read_json(request: web.Request) -> Any | None:
     """The decoded JSON body, or None when there is none."""
-    raw = inflate(await request.read(), request.headers.get("Content-Encoding", ""))
+    try:
+        raw = inflate(await request.read(), request.headers.get("Content-Encoding", ""))
+    except RequestPayloadError as exc:  # aiohttp could not inflate a compressed body
+        raise BadRequest(f"failed to read request body: {exc}".replace("\n", " ")) from exc
     if not raw.strip():
         return None
     content_type = request.content_type.lower()
@@ -231,6 +237,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             request,
             MethodNotAllowed(f"Incorrect HTTP method for uri [{request.path}] and method [{request.method}]"),
         )
+    except RedisError as exc:
+        return error_response(request, Unavailable(f"the cluster state store (Redis) is unavailable: {exc}"))
     except web.HTTPException as exc:
         return error_response(request, InferqError(exc.reason or "error", status=exc.status))
     except Exception as exc:  # an internal bug: still an Elasticsearch-shaped body, no trace

@@ -201,7 +201,9 @@ class ApiKeyRecord:
         )
 
     @staticmethod
-    def unpack(raw: bytes) -> ApiKeyRecord:
+    def unpack(raw: bytes | str) -> ApiKeyRecord:
+        if isinstance(raw, str):  # a client made with decode_responses=True
+            raise TypeError("api key records are binary; use a client without decode_responses")
         data = msgpack.unpackb(raw, raw=False)
         if not isinstance(data, dict) or data.get("v") != RECORD_VERSION:
             raise ValueError("not an inferq api key record")

@@ -42,7 +42,15 @@ SPAN_SCORE_COMBINATION_FUNCTIONS: tuple[str, ...] = ("max", "mean")
 DEFAULT_RESULTS_FIELD = "predicted_value"
 DEFAULT_HYPOTHESIS_TEMPLATE = "This example is {}."
 DEFAULT_NER_LABELS: tuple[str, ...] = (
-    "O", "B_MISC", "I_MISC", "B_PER", "I_PER", "B_ORG", "I_ORG", "B_LOC", "I_LOC",
+    "O",
+    "B_MISC",
+    "I_MISC",
+    "B_PER",
+    "I_PER",
+    "B_ORG",
+    "I_ORG",
+    "B_LOC",
+    "I_LOC",
 )
 ZERO_SHOT_REQUIRED_LABELS: tuple[str, ...] = ("contradiction", "entailment", "neutral")
 
@@ -55,7 +63,13 @@ MASK_TOKENS: dict[str, str] = {
     "deberta_v2": "[MASK]",
 }
 
-_COMMON_TOKENIZATION_FIELDS = ("do_lower_case", "with_special_tokens", "max_sequence_length", "truncate", "span")
+_COMMON_TOKENIZATION_FIELDS = (
+    "do_lower_case",
+    "with_special_tokens",
+    "max_sequence_length",
+    "truncate",
+    "span",
+)
 _TOKENIZATION_FIELDS: dict[str, tuple[str, ...]] = {
     "bert": _COMMON_TOKENIZATION_FIELDS,
     "bert_ja": _COMMON_TOKENIZATION_FIELDS,
@@ -70,7 +84,11 @@ _MODEL_TASK_FIELDS: dict[str, tuple[str, ...]] = {
     "ner": ("classification_labels", "results_field"),
     "text_classification": ("classification_labels", "num_top_classes", "results_field"),
     "zero_shot_classification": (
-        "classification_labels", "hypothesis_template", "multi_label", "labels", "results_field",
+        "classification_labels",
+        "hypothesis_template",
+        "multi_label",
+        "labels",
+        "results_field",
     ),
     "fill_mask": ("num_top_classes", "results_field", "mask_token"),
     "question_answering": ("num_top_classes", "max_answer_length", "results_field"),
@@ -133,7 +151,11 @@ def _expect_str(parser: str, field: str, value: Any) -> str:
 
 
 def _expect_str_list(parser: str, field: str, value: Any) -> list[str]:
-    if not isinstance(value, Sequence) or isinstance(value, str) or not all(isinstance(v, str) for v in value):
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, str)
+        or not all(isinstance(v, str) for v in value)
+    ):
         raise XContentParseError(f"[1:2] [{parser}] failed to parse field [{field}]")
     return [str(v) for v in value]
 
@@ -197,8 +219,7 @@ def _parse_tokenization(raw: Any, errors: ValidationCollector) -> dict[str, Any]
         truncate = _expect_str(parser, "truncate", truncate_given).lower()
         if truncate not in TRUNCATE_VALUES:
             raise XContentParseError(
-                f"[1:2] [{parser}] failed to parse field [truncate]: "
-                f"No enum constant for [{truncate_given}]"
+                f"[1:2] [{parser}] failed to parse field [truncate]: No enum constant for [{truncate_given}]"
             )
     span = -1
     if body.get("span") is not None:
@@ -207,7 +228,9 @@ def _parse_tokenization(raw: Any, errors: ValidationCollector) -> dict[str, Any]
     if max_sequence_length <= 0:
         errors.add("[max_sequence_length] must be positive")
     if span < 0 and span != -1:
-        errors.add("[span] must be non-negative to indicate span length or -1 to indicate no windowing should occur")
+        errors.add(
+            "[span] must be non-negative to indicate span length or -1 to indicate no windowing should occur"
+        )
     if max_sequence_length > 0 and span > max_sequence_length:
         errors.add(
             f"[span] provided [{span}] must not be greater than [max_sequence_length] "
@@ -371,12 +394,11 @@ def normalize_inference_config(config: Mapping[str, Any]) -> dict[str, Any]:
                     f"[1:2] [{name}] failed to parse field [span_score_combination_function]"
                 )
         out["span_score_combination_function"] = function
-    elif name == "text_embedding":
-        if body.get("embedding_size") is not None:
-            size = _expect_int(name, "embedding_size", body["embedding_size"])
-            if size <= 0:
-                errors.add(f"[embedding_size] must be a number greater than 0; configured size [{size}]")
-            out["embedding_size"] = size
+    elif name == "text_embedding" and body.get("embedding_size") is not None:
+        size = _expect_int(name, "embedding_size", body["embedding_size"])
+        if size <= 0:
+            errors.add(f"[embedding_size] must be a number greater than 0; configured size [{size}]")
+        out["embedding_size"] = size
 
     errors.raise_if_any()
     return {name: out}
@@ -470,15 +492,18 @@ def resolve_request_config(
     if update.get("results_field") is not None:
         effective["results_field"] = _expect_str(name, "results_field", update["results_field"])
 
-    if name in ("text_classification", "fill_mask", "question_answering"):
-        if update.get("num_top_classes") is not None:
-            effective["num_top_classes"] = _expect_int(name, "num_top_classes", update["num_top_classes"])
+    if (
+        name in ("text_classification", "fill_mask", "question_answering")
+        and update.get("num_top_classes") is not None
+    ):
+        effective["num_top_classes"] = _expect_int(name, "num_top_classes", update["num_top_classes"])
     if name == "text_classification" and update.get("classification_labels") is not None:
         labels = _expect_str_list(name, "classification_labels", update["classification_labels"])
-        if len(labels) != len(effective.get("classification_labels", [])):
-            errors.add(
-                "The number of [classification_labels] must match the number of labels the model was "
-                f"configured with [{len(effective.get('classification_labels', []))}]; provided [{len(labels)}]"
+        defined = len(effective.get("classification_labels", []))
+        if len(labels) != defined:
+            raise BadRequest(
+                f"The number of [classification_labels] the model is defined with [{defined}] "
+                f"does not match the number in the update [{len(labels)}]"
             )
         effective["classification_labels"] = labels
     if name == "zero_shot_classification":
@@ -493,7 +518,9 @@ def resolve_request_config(
             errors.add("zero_shot_classification requires non-empty [labels]")
     if name == "question_answering":
         if update.get("max_answer_length") is not None:
-            effective["max_answer_length"] = _expect_int(name, "max_answer_length", update["max_answer_length"])
+            effective["max_answer_length"] = _expect_int(
+                name, "max_answer_length", update["max_answer_length"]
+            )
         question = update.get("question")
         if question is None:
             errors.add("[question] must not be null")
@@ -513,7 +540,9 @@ def resolve_request_config(
                 name, "span_score_combination_function", update["span_score_combination_function"]
             ).lower()
             if function not in SPAN_SCORE_COMBINATION_FUNCTIONS:
-                raise XContentParseError(f"[1:2] [{name}] failed to parse field [span_score_combination_function]")
+                raise XContentParseError(
+                    f"[1:2] [{name}] failed to parse field [span_score_combination_function]"
+                )
             effective["span_score_combination_function"] = function
         text = update.get("text")
         if text is None:

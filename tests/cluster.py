@@ -146,6 +146,8 @@ def upload(cluster: LocalCluster, model_id: str, traced: Any) -> None:
 
 
 def start(cluster: LocalCluster, model_id: str, query: str = "", timeout_s: float = 120) -> dict[str, Any]:
+    if "timeout=" not in query:  # a loaded 2-core CI machine can take a while to load a model
+        query = f"{query}&timeout=90s" if query else "timeout=90s"
     status, body = cluster.call("POST", f"/_ml/trained_models/{model_id}/deployment/_start?{query}", timeout_s=timeout_s)
     assert status == 200, body
     assignment: dict[str, Any] = body["assignment"]

@@ -17,14 +17,105 @@ NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC
 CLASSIFICATION_LABELS = ["NEGATIVE", "NEUTRAL", "POSITIVE"]
 ZERO_SHOT_LABELS = ["contradiction", "neutral", "entailment"]
 
-WORDS = (
-    "the a an is was in of to and for on at by with from as it this that be are were has have "
-    "elastic search paris france capital city mountain view london berlin tokyo new york company "
-    "headquartered based founded example sentence meaning life guide question answer what who where "
-    "when how why hello world quick brown fox jumps over lazy dog cafe resume naive rain spain "
-    "john smith maria garcia inferq model cluster inference text label news sport politics music "
-    "science weather happy sad good bad great terrible love hate movie book long short very"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "an",
+    "is",
+    "was",
+    "in",
+    "of",
+    "to",
+    "and",
+    "for",
+    "on",
+    "at",
+    "by",
+    "with",
+    "from",
+    "as",
+    "it",
+    "this",
+    "that",
+    "be",
+    "are",
+    "were",
+    "has",
+    "have",
+    "elastic",
+    "search",
+    "paris",
+    "france",
+    "capital",
+    "city",
+    "mountain",
+    "view",
+    "london",
+    "berlin",
+    "tokyo",
+    "new",
+    "york",
+    "company",
+    "headquartered",
+    "based",
+    "founded",
+    "example",
+    "sentence",
+    "meaning",
+    "life",
+    "guide",
+    "question",
+    "answer",
+    "what",
+    "who",
+    "where",
+    "when",
+    "how",
+    "why",
+    "hello",
+    "world",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "cafe",
+    "resume",
+    "naive",
+    "rain",
+    "spain",
+    "john",
+    "smith",
+    "maria",
+    "garcia",
+    "inferq",
+    "model",
+    "cluster",
+    "inference",
+    "text",
+    "label",
+    "news",
+    "sport",
+    "politics",
+    "music",
+    "science",
+    "weather",
+    "happy",
+    "sad",
+    "good",
+    "bad",
+    "great",
+    "terrible",
+    "love",
+    "hate",
+    "movie",
+    "book",
+    "long",
+    "short",
+    "very",
+]
 CJK = list("中文日本語東京北京上海你好世界人")
 EXTRA_CHARS = list("éèàçüöñ") + ["😀", "🚀"]
 
@@ -60,6 +151,7 @@ def _mpnet_vocab() -> list[str]:
 def _write_wordpiece_tokenizer(folder: Path, kind: str, max_length: int) -> int:
     import transformers
 
+    tokenizer: Any
     if kind == "bert":
         vocab = _bert_vocab(lowercase=True)
         (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
@@ -109,7 +201,16 @@ def _write_roberta_tokenizer(folder: Path, max_length: int) -> int:
 
 def _write_xlm_roberta_tokenizer(folder: Path, max_length: int) -> int:
     import transformers
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.Unigram())
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
@@ -124,13 +225,22 @@ def _write_xlm_roberta_tokenizer(folder: Path, max_length: int) -> int:
     tok.train_from_iterator(CORPUS + WORDS, trainer=trainer)
     tok.add_special_tokens(["<mask>"])
     bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
-    tok.post_processor = processors.TemplateProcessing(  # as Hugging Face converts XLM-R's sentencepiece model
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    tok.post_processor = (
+        processors.TemplateProcessing(  # as Hugging Face converts XLM-R's sentencepiece model
+            single="<s> $A </s>",
+            pair="<s> $A </s> </s> $B </s>",
+            special_tokens=[("<s>", bos), ("</s>", eos)],
+        )
     )
     tokenizer = transformers.XLMRobertaTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
-        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
         model_max_length=max_length,
     )
     tokenizer.save_pretrained(str(folder))
@@ -140,17 +250,17 @@ def _write_xlm_roberta_tokenizer(folder: Path, max_length: int) -> int:
 def _model_config(tokenizer: str, vocab_size: int, task_type: str, pad_id: int) -> Any:
     import transformers
 
-    common: dict[str, Any] = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        initializer_range=0.2,
-        pad_token_id=pad_id,
-    )
+    common: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 37,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.2,
+        "pad_token_id": pad_id,
+    }
     if task_type == "ner":
         common["id2label"] = dict(enumerate(NER_LABELS))
         common["label2id"] = {label: i for i, label in enumerate(NER_LABELS)}

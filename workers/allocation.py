@@ -1,12 +1,19 @@
 """One allocation: a thread that serves one batch at a time with its own torch threads.
 
 Loop: ``BLMOVE`` the oldest request into this allocation's processing list, ``TAKE`` up to
-``max_batch_size - 1`` more (dynamic batching), skip the ones whose deadline has passed,
-run one padded forward pass per token-bounded chunk, then in one pipelined round trip: push
-each reply onto its producer's reply list and run ``COMPLETE`` (cache the results, record
-stats, drop the processing list). A crash between the pop and ``COMPLETE`` leaves the items
-in the processing list, from where they are requeued (at-least-once; producers ignore
-duplicate replies).
+``max_batch_size - 1`` more (dynamic batching: whatever queued up while the previous batch ran;
+without a batch wait both go in one pipelined round trip), skip the ones whose deadline has
+passed, run one padded forward pass per token-bounded chunk, then in one pipelined round trip:
+push the replies onto their producers' reply lists and run ``COMPLETE`` (cache the results,
+record stats, drop the processing list). A crash between the pop and ``COMPLETE`` leaves the
+items in the processing list, from where they are requeued (at-least-once; producers ignore
+duplicate replies). Two round trips per batch, whatever its size.
+
+Knobs (``WorkerSettings``, docs/benchmarks.md): ``INFERQ_MAX_BATCH_SIZE`` (documents per batch;
+1 turns batching off), ``INFERQ_MAX_BATCH_TOKENS`` (padded tokens per forward pass: a batch
+is split into chunks of at most this many rows × longest row), ``INFERQ_BATCH_WAIT_MS`` (sleep
+after the first pop so more requests can join; 0 by default: under load the queue fills while
+the previous batch runs, and when idle a wait is pure latency).
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 import torch
+from redis.exceptions import NoScriptError
 
 from shared import keys
 from shared.errors import InferenceFailed, InferqError
@@ -105,6 +114,10 @@ class Allocation(threading.Thread):
         take = client.register_script(TAKE)
         complete = client.register_script(COMPLETE)
         requeue = client.register_script(REQUEUE)
+        limits = self.context.limits
+        # Without a batch wait, the pop and the TAKE of the rest of the batch go in one round
+        # trip: Redis runs the pipelined TAKE as soon as the BLMOVE returns.
+        pipelined_take = limits.max_batch_size > 1 and limits.batch_wait_ms <= 0
         recovering = True  # first pass: put back whatever a previous failure left in our list
         try:
             while not self.stop_requested.is_set():
@@ -112,17 +125,18 @@ class Allocation(threading.Thread):
                     if recovering:
                         requeue(keys=[self.processing_key, self.queue_key])
                         recovering = False
-                    raw = client.blmove(self.queue_key, self.processing_key, 0.5, "RIGHT", "LEFT")
-                    if raw is None:
+                    if pipelined_take:
+                        items = self._pop_and_take(client, take, limits.max_batch_size - 1)
+                    else:
+                        raw = client.blmove(self.queue_key, self.processing_key, 0.5, "RIGHT", "LEFT")
+                        items = [] if raw is None else [raw]
+                        if items and limits.max_batch_size > 1:
+                            time.sleep(limits.batch_wait_ms / 1000)
+                            items += take(keys=[self.queue_key, self.processing_key], args=[limits.max_batch_size - 1])
+                    if not items:
                         if self.drain_requested.is_set():
                             break
                         continue
-                    items = [raw]
-                    limits = self.context.limits
-                    if limits.max_batch_size > 1:
-                        if limits.batch_wait_ms > 0:
-                            time.sleep(limits.batch_wait_ms / 1000)
-                        items += take(keys=[self.queue_key, self.processing_key], args=[limits.max_batch_size - 1])
                     self.serve(client, complete, items)
                 except redis.RedisError as exc:
                     # Redis is away: what we took stays in our processing list and is
@@ -136,7 +150,21 @@ class Allocation(threading.Thread):
             client.close()
             self.on_exit(self)
 
-    def serve(self, client: redis.Redis, complete: object, items: Sequence[bytes]) -> None:
+    def _pop_and_take(self, client: redis.Redis, take: Any, more: int) -> list[bytes]:
+        """BLMOVE the oldest request (waiting up to 0.5 s) and TAKE up to ``more``, one round trip."""
+        pipe = client.pipeline(transaction=False)
+        pipe.blmove(self.queue_key, self.processing_key, 0.5, "RIGHT", "LEFT")
+        pipe.evalsha(take.sha, 2, self.queue_key, self.processing_key, more)
+        raw, taken = pipe.execute(raise_on_error=False)
+        if isinstance(raw, Exception):
+            raise raw
+        if isinstance(taken, NoScriptError):  # a restarted Redis: load it, take again
+            taken = take(keys=[self.queue_key, self.processing_key], args=[more])
+        elif isinstance(taken, Exception):
+            raise taken
+        return ([] if raw is None else [raw]) + list(taken)
+
+    def serve(self, client: redis.Redis, complete: Any, items: Sequence[bytes]) -> None:
         now = now_ms()
         requests: list[InferRequest] = []
         for raw in items:
@@ -160,7 +188,10 @@ class Allocation(threading.Thread):
                 errors += 1
         limits = self.context.limits
         for chunk in token_chunks([p[2] for p in prepared_ok], limits.max_batch_tokens, limits.max_batch_size):
-            batch = [prepared_ok[i] for i in chunk]
+            chunk_ms = now_ms()  # a later chunk skips whoever stopped waiting while earlier ones ran
+            batch = [prepared_ok[i] for i in chunk if prepared_ok[i][0].deadline_ms > chunk_ms]
+            if not batch:
+                continue
             started = time.perf_counter()
             try:
                 results = task.run(self.model.module, [p[1] for p in batch])
@@ -193,27 +224,42 @@ class Allocation(threading.Thread):
                 time_sum += elapsed_ms
                 ok += 1
         by_id = {r.id: r for r in live}
-        pipe = client.pipeline(transaction=False)
+        by_reply_list: dict[str, list[bytes]] = {}
         for reply in replies:
-            reply_to = by_id[reply.id].reply_to
-            pipe.rpush(reply_to, reply.pack())
+            by_reply_list.setdefault(by_id[reply.id].reply_to, []).append(reply.pack())
+        # one round trip: the replies first (one RPUSH per reply list), then COMPLETE, run as
+        # EVALSHA directly (a Script on a pipeline would add a SCRIPT EXISTS round trip)
+        pipe = client.pipeline(transaction=False)
+        for reply_to, packed in by_reply_list.items():
+            pipe.rpush(reply_to, *packed)
             pipe.expire(reply_to, REPLY_TTL_S)
-        complete(  # type: ignore[operator]
-            keys=[self.stats_key, self.processing_key],
-            args=[
-                self.cache_prefix,
-                self.context.cache_budget_bytes,
-                self.context.cache_policy,
-                now_ms(),
-                self.context.start_ms,
-                ok,
-                time_sum,
-                errors,
-                *cache_pairs,
-            ],
-            client=pipe,
-        )
-        pipe.execute()
+        complete_args = [
+            self.cache_prefix,
+            self.context.cache_budget_bytes,
+            self.context.cache_policy,
+            now_ms(),
+            self.context.start_ms,
+            ok,
+            time_sum,
+            errors,
+            *cache_pairs,
+        ]
+        pipe.evalsha(complete.sha, 2, self.stats_key, self.processing_key, *complete_args)
+        # replies first; a failing cache write or stats update must not fail the requests
+        outcomes = pipe.execute(raise_on_error=False)
+        if isinstance(outcomes[-1], NoScriptError):  # a restarted Redis: load it, complete again
+            outcomes[-1] = _attempt(lambda: complete(keys=[self.stats_key, self.processing_key], args=complete_args))
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                log.warning("completing a batch: %s", outcome)
+
+
+def _attempt(call: Callable[[], Any]) -> Any:
+    """The call's result, or the Redis error it raised (as a pipeline reports failures)."""
+    try:
+        return call()
+    except redis.RedisError as exc:
+        return exc
 
 
 def _row_tokens(prepared: Prepared) -> int:

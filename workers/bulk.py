@@ -101,8 +101,8 @@ class MsgpackSerializer:
 
 @dataclass(frozen=True)
 class BulkOptions:
-    chunk_docs: int = 16  # documents per Producer.infer call (capped at the queue limit)
-    window_docs: int = 64  # most documents of one job in flight at once
+    chunk_docs: int = 8  # documents per Producer.infer call (capped at the queue limit)
+    window_docs: int = 32  # most documents of one job in flight at once
     queue_share: float = 0.5  # push only while a node queue holds < share × queue_capacity
     timeout_ms: float = 60_000.0  # per chunk
     max_timeouts: int = 3  # a chunk that times out this often fails the job (RQ retries it)

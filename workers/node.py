@@ -10,6 +10,7 @@ longer assigned. SIGTERM stops taking work, finishes in-flight batches, then exi
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -297,3 +298,7 @@ def run(settings: WorkerSettings) -> None:
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
     node.run()
+    # Everything is handed back; exit without running torch's C++ destructors against
+    # daemon threads that may still be inside an op.
+    logging.shutdown()
+    os._exit(0)

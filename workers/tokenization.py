@@ -171,14 +171,24 @@ def _build_hf_tokenizer(
             left, _, right = merge.partition(" ")
             pairs.append((left, right))
         tok = Tokenizer(
-            models.BPE(vocab, pairs, unk_token=None, continuing_subword_prefix="", end_of_word_suffix="",
-                       fuse_unk=False)
+            models.BPE(
+                vocab,
+                pairs,
+                unk_token=None,
+                continuing_subword_prefix="",
+                end_of_word_suffix="",
+                fuse_unk=False,
+            )
         )
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=settings.add_prefix_space, use_regex=True)
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(
+            add_prefix_space=settings.add_prefix_space, use_regex=True
+        )
         tok.decoder = decoders.ByteLevel()
     elif kind in ("xlm_roberta", "deberta_v2"):
         if not scores or len(scores) != len(vocabulary):
-            raise IllegalArgument(f"tokenizer type [{kind}] requires [scores] of the same length as [vocabulary]")
+            raise IllegalArgument(
+                f"tokenizer type [{kind}] requires [scores] of the same length as [vocabulary]"
+            )
         unk_id = vocab.get(specials.unk, 0)
         tok = Tokenizer(models.Unigram([(t, float(s)) for t, s in zip(vocabulary, scores)], unk_id, False))
         steps: list[normalizers.Normalizer] = [normalizers.NFKC()]
@@ -191,20 +201,25 @@ def _build_hf_tokenizer(
     else:
         raise IllegalArgument(f"unknown tokenization type [{kind}]")
     if kind in _BYTE_LEVEL_KINDS and specials.cls in vocab and specials.sep in vocab:
-        # Only used to trim the spaces that byte-level / sentencepiece tokens carry out of their
-        # offsets, exactly as Hugging Face's RoBERTa post-processor does; see ``NlpTokenizer.encode``.
+        # Only used to trim the space a byte-level token carries ("Ġ") out of its offsets, exactly
+        # as Hugging Face's RoBERTa post-processor does; see ``NlpTokenizer.encode``.
         tok.post_processor = processors.RobertaProcessing(
             sep=(specials.sep, vocab[specials.sep]),
             cls=(specials.cls, vocab[specials.cls]),
             trim_offsets=True,
-            add_prefix_space=settings.add_prefix_space if kind == "roberta" else True,
+            add_prefix_space=settings.add_prefix_space,
         )
     present = [
         t for t in (specials.cls, specials.sep, specials.pad, specials.unk, specials.mask) if t in vocab
     ]
     tok.add_special_tokens(
         [
-            AddedToken(t, special=True, normalized=False, lstrip=(t == specials.mask and specials.pair_style == "roberta"))
+            AddedToken(
+                t,
+                special=True,
+                normalized=False,
+                lstrip=(t == specials.mask and specials.pair_style == "roberta"),
+            )
             for t in present
         ]
     )
@@ -214,8 +229,14 @@ def _build_hf_tokenizer(
 class NlpTokenizer:
     """A tokenizer for one model: vocabulary and model-level settings fixed at construction."""
 
-    def __init__(self, settings: TokenizerSettings, vocabulary: Sequence[str], *,
-                 merges: Sequence[str] | None = None, scores: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        settings: TokenizerSettings,
+        vocabulary: Sequence[str],
+        *,
+        merges: Sequence[str] | None = None,
+        scores: Sequence[float] | None = None,
+    ) -> None:
         if settings.kind not in SUPPORTED_TOKENIZERS:
             raise IllegalArgument(f"unknown tokenization type [{settings.kind}]")
         self.settings = settings
@@ -223,7 +244,9 @@ class NlpTokenizer:
         self.specials = _SPECIALS[settings.kind]
         self.vocabulary = list(vocabulary)
         self._vocab = _vocab_dict(self.vocabulary)
-        self._tokenizer = _build_hf_tokenizer(settings.kind, settings, self.vocabulary, merges, scores, self.specials)
+        self._tokenizer = _build_hf_tokenizer(
+            settings.kind, settings, self.vocabulary, merges, scores, self.specials
+        )
         self.model_inputs = _MODEL_INPUTS[settings.kind]
         self._trims_offsets = self._tokenizer.post_processor is not None
         self.cls_id = self._required_id(self.specials.cls)
@@ -252,12 +275,12 @@ class NlpTokenizer:
             # encode with the (offset trimming) post-processor, then drop its two special tokens
             encoding = self._tokenizer.encode(text, add_special_tokens=True)
             ids = list(encoding.ids[1:-1])
-            offsets = [tuple(o) for o in encoding.offsets[1:-1]]
+            offsets = [(int(o[0]), int(o[1])) for o in encoding.offsets[1:-1]]
             raw_words = list(encoding.word_ids[1:-1])
         else:
             encoding = self._tokenizer.encode(text, add_special_tokens=False)
             ids = list(encoding.ids)
-            offsets = [tuple(o) for o in encoding.offsets]
+            offsets = [(int(o[0]), int(o[1])) for o in encoding.offsets]
             raw_words = list(encoding.word_ids)
         if self.kind in _SENTENCEPIECE_KINDS:
             offsets = _trim_whitespace(text, offsets)
@@ -270,7 +293,7 @@ class NlpTokenizer:
                 next_word += 1
             word_ids.append(next_word)
             last_raw = raw
-        return InnerTokens(ids=ids, offsets=offsets, word_ids=word_ids)  # type: ignore[arg-type]
+        return InnerTokens(ids=ids, offsets=offsets, word_ids=word_ids)
 
     # ---- single sequence -------------------------------------------------------------------------
 
@@ -306,7 +329,9 @@ class NlpTokenizer:
         if num_tokens <= max_len:
             return Tokenization([self._single_window(inner, 0, n, -1)], truncated=False, inner=inner)
         if truncate != "none":
-            return Tokenization([self._single_window(inner, 0, max(room, 0), -1)], truncated=True, inner=inner)
+            return Tokenization(
+                [self._single_window(inner, 0, max(room, 0), -1)], truncated=True, inner=inner
+            )
         if span == -1:
             raise BadRequest(
                 f"Input too large. The tokenized input length [{num_tokens}] exceeds the maximum sequence "

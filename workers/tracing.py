@@ -148,7 +148,7 @@ def _build_wrapper(model_dir: Path, task_type: str, kind: str) -> Any:
             hf_model.pooler = None
         head = _sentence_transformer_head(model_dir, int(hf_model.config.hidden_size))
 
-    class TracedWrapper(nn.Module):  # type: ignore[misc]
+    class TracedWrapper(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.hf_model = hf_model
@@ -171,11 +171,17 @@ def _build_wrapper(model_dir: Path, task_type: str, kind: str) -> Any:
             if task_type == "question_answering":
                 return torch.stack([output[0], output[1]], dim=0)
             if self.head is not None:
-                features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_embeddings": output[0]}
+                features = {
+                    "input_ids": input_ids,
+                    "attention_mask": attention_mask,
+                    "token_embeddings": output[0],
+                }
                 for module in self.head:
                     features = module(features)
-                return features["sentence_embedding"]
-            return output[0]
+                embedding: torch.Tensor = features["sentence_embedding"]
+                return embedding
+            first: torch.Tensor = output[0]
+            return first
 
     wrapper = TracedWrapper()
     wrapper.eval()
@@ -184,17 +190,18 @@ def _build_wrapper(model_dir: Path, task_type: str, kind: str) -> Any:
 
 def _sentence_transformer_head(model_dir: Path, hidden_size: int) -> Any:
     """The sentence-transformers modules after the transformer (pooling, dense, normalize...)."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Pooling, Transformer
     from torch import nn
 
     if (model_dir / "modules.json").exists():
         st_model = SentenceTransformer(str(model_dir), device="cpu")
         modules = list(st_model.children())
-        if not modules or not isinstance(modules[0], models.Transformer):
+        if not modules or not isinstance(modules[0], Transformer):
             raise TypeError("the first sentence-transformers module must be a Transformer")
         head = nn.ModuleList(modules[1:])
     else:
-        head = nn.ModuleList([models.Pooling(hidden_size, pooling_mode="mean")])
+        head = nn.ModuleList([Pooling(hidden_size, pooling_mode="mean")])
     head.eval()
     return head
 
@@ -206,10 +213,14 @@ def _example_inputs(tokenizer: Any, kind: str, task_type: str, max_len: int) -> 
         encoded = tokenizer(
             "What is the meaning of life?",
             "The meaning of life, according to the hitchikers guide, is 42.",
-            return_tensors="pt", truncation=True, max_length=max_len,
+            return_tensors="pt",
+            truncation=True,
+            max_length=max_len,
         )
     else:
-        encoded = tokenizer("This is an example sentence.", return_tensors="pt", truncation=True, max_length=max_len)
+        encoded = tokenizer(
+            "This is an example sentence.", return_tensors="pt", truncation=True, max_length=max_len
+        )
     input_ids = encoded["input_ids"]
     attention_mask = encoded["attention_mask"]
     count = _MODEL_INPUT_COUNT[kind]
@@ -258,7 +269,10 @@ def _memory_metadata(wrapper: Any, tokenizer: Any, kind: str, max_len: int) -> d
         per_allocation = int(prof.key_averages().total_average().cpu_memory_usage)
     except Exception:  # noqa: BLE001 - the estimate is advisory; never fail an upload on it
         per_allocation = 0
-    return {"per_deployment_memory_bytes": int(per_deployment), "per_allocation_memory_bytes": max(per_allocation, 0)}
+    return {
+        "per_deployment_memory_bytes": int(per_deployment),
+        "per_allocation_memory_bytes": max(per_allocation, 0),
+    }
 
 
 def trace_hf_model(
@@ -270,16 +284,18 @@ def trace_hf_model(
 
     task_type = task_type.replace("-", "_")
     if task_type not in TASK_TYPES:
-        raise ValueError(f"Task {task_type} is not supported, must be one of: {', '.join(sorted(TASK_TYPES))}")
+        raise ValueError(
+            f"Task {task_type} is not supported, must be one of: {', '.join(sorted(TASK_TYPES))}"
+        )
     model_dir = Path(model_dir)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)  # type: ignore[no-untyped-call]
     kind = tokenizer_kind(tokenizer)
     max_len = max_sequence_length or _max_sequence_length(tokenizer, kind)
 
     wrapper = _build_wrapper(model_dir, task_type, kind)
     example = _example_inputs(tokenizer, kind, task_type, max_len)
     with torch.no_grad():
-        traced = torch.jit.trace(wrapper, example_inputs=example)
+        traced = torch.jit.trace(wrapper, example_inputs=example)  # type: ignore[no-untyped-call]
         traced = torch.jit.freeze(traced.eval())
         sample = wrapper(*example)
     buffer = io.BytesIO()

@@ -96,50 +96,34 @@ local function cache_member_digest(member)
   return string.sub(member, cache_header_bytes() + 1)
 end
 
+local function cache_next_tick(last_tick, now_ms)
+  return math.max(math.floor(now_ms) * 1000, last_tick + 1)
+end
+
 local function cache_tick(meta, now_ms)
-  local last = tonumber(redis.call("HGET", meta, "tick")) or 0
-  local tick = math.max(math.floor(now_ms) * 1000, last + 1)
+  local tick = cache_next_tick(tonumber(redis.call("HGET", meta, "tick")) or 0, now_ms)
   redis.call("HSET", meta, "tick", cache_num(tick))
   return tick
 end
 
--- Pop the lowest-scored entries until meta.bytes <= target_bytes. Returns how many were evicted.
-local function cache_evict_until(prefix, target_bytes, policy)
-  local meta = prefix .. ":meta"
+-- Pop the lowest-scored entries while used_bytes > target_bytes; the caller updates meta.
+-- Returns the bytes still used, the number evicted, the last evicted score (nil if none) and
+-- whether the index ran dry (then nothing is accounted any more: counters had drifted).
+local function cache_evict_until(prefix, used_bytes, target_bytes)
   local idx = prefix .. ":idx"
-  local used = tonumber(redis.call("HGET", meta, "bytes")) or 0
-  if used <= target_bytes then
-    return 0
-  end
   local evicted = 0
-  local last_count = nil
-  local drained = false
-  while used > target_bytes do
+  local last_score = nil
+  while used_bytes > target_bytes do
     local popped = redis.call("ZPOPMIN", idx)
     if popped[1] == nil then
-      drained = true
-      break
+      return 0, evicted, last_score, true
     end
     redis.call("DEL", prefix .. ":e:" .. cache_member_digest(popped[1]))
-    used = math.max(used - cache_member_footprint(popped[1]), 0)
+    used_bytes = math.max(used_bytes - cache_member_footprint(popped[1]), 0)
     evicted = evicted + 1
-    last_count = popped[2]
+    last_score = popped[2]
   end
-  if drained then
-    -- nothing indexed means nothing is accounted: repair counters that drifted
-    used = 0
-    redis.call("HSET", meta, "entries", 0)
-  else
-    redis.call("HINCRBY", meta, "entries", -evicted)
-  end
-  redis.call("HSET", meta, "bytes", cache_num(used))
-  if evicted > 0 then
-    redis.call("HINCRBY", meta, "evictions", evicted)
-    if policy ~= "lru" then
-      redis.call("HSET", meta, "last_evicted_count", last_count)
-    end
-  end
-  return evicted
+  return used_bytes, evicted, last_score, false
 end
 
 -- The stored value on a hit (and the entry's bookkeeping is touched), false on a miss.
@@ -184,21 +168,35 @@ local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms)
   if redis.call("EXISTS", entry) == 1 then
     return 1
   end
-  cache_evict_until(prefix, budget_bytes - footprint, policy)
-  local tick = cache_tick(meta, now_ms)
-  local header = cache_header(footprint, tick)
-  local score
-  if policy == "lru" then
-    score = tick
+  local m = redis.call("HMGET", meta, "bytes", "entries", "evictions", "stored", "tick", "last_evicted_count")
+  local entries = tonumber(m[2]) or 0
+  local last_evicted_count = tonumber(m[6]) or 0
+  local used, evicted, last_score, drained = cache_evict_until(
+    prefix, tonumber(m[1]) or 0, budget_bytes - footprint)
+  if drained then
+    entries = 0
   else
-    -- Space-Saving: a newcomer starts just above the last item evicted
-    score = (tonumber(redis.call("HGET", meta, "last_evicted_count")) or 0) + 1
+    entries = entries - evicted
   end
+  if last_score and policy ~= "lru" then
+    last_evicted_count = tonumber(last_score)
+  end
+  local tick = cache_next_tick(tonumber(m[5]) or 0, now_ms)
+  local score = tick
+  if policy ~= "lru" then
+    -- Space-Saving: a newcomer starts just above the last item evicted
+    score = last_evicted_count + 1
+  end
+  local header = cache_header(footprint, tick)
   redis.call("SET", entry, header .. value)
   redis.call("ZADD", prefix .. ":idx", cache_num(score), header .. digest)
-  redis.call("HINCRBY", meta, "bytes", footprint)
-  redis.call("HINCRBY", meta, "entries", 1)
-  redis.call("HINCRBY", meta, "stored", 1)
+  redis.call("HSET", meta,
+    "bytes", cache_num(used + footprint),
+    "entries", cache_num(entries + 1),
+    "evictions", cache_num((tonumber(m[3]) or 0) + evicted),
+    "stored", cache_num((tonumber(m[4]) or 0) + 1),
+    "tick", cache_num(tick),
+    "last_evicted_count", cache_num(last_evicted_count))
   return 1
 end
 

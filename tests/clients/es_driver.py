@@ -54,7 +54,7 @@ class Recorder:
                 }
             }
             return None
-        except Exception as exc:  # a client-side failure (connection, serialization, product check)
+        except Exception as exc:  # noqa: BLE001 - a client-side failure (connection, serialization, product check)
             self.steps[name] = {"exception": {"class": type(exc).__name__, "str": str(exc)}}
             return None
         if isinstance(response, bool) or getattr(response, "meta", None) is None:  # ping(), eland helpers

@@ -55,7 +55,7 @@ def _install(name: str) -> Path:
         done = subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
              "--no-compile", "--target", str(folder), *PINS[name]],
-            capture_output=True, text=True, timeout=600,
+            check=False, capture_output=True, text=True, timeout=600,
         )
         if done.returncode != 0:
             raise RuntimeError(f"pip install {' '.join(PINS[name])} failed:\n{done.stdout}\n{done.stderr}")
@@ -67,7 +67,7 @@ def ensure(name: str) -> list[Path]:
     """The PYTHONPATH folders for a client set, installing what is missing; checks the imports."""
     folders = [_install(part) for part in PATHS[name]]
     check = subprocess.run(
-        [sys.executable, "-c", IMPORT_CHECK[name]], env=client_env(folders), capture_output=True, text=True,
+        [sys.executable, "-c", IMPORT_CHECK[name]], env=client_env(folders), check=False, capture_output=True, text=True,
         timeout=120,
     )
     if check.returncode != 0:
@@ -88,7 +88,7 @@ def run_driver(
 ) -> dict[str, Any]:
     """Run ``python -m <module> <args>``; the driver prints one JSON object as its last line."""
     done = subprocess.run(
-        [sys.executable, "-m", module, *args], env=client_env(folders, extra_env), capture_output=True,
+        [sys.executable, "-m", module, *args], env=client_env(folders, extra_env), check=False, capture_output=True,
         text=True, timeout=timeout_s, cwd=REPO,
     )
     lines = [line for line in done.stdout.splitlines() if line.strip()]

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.cluster import LocalCluster, infer, local_cluster, start, upload
 from tests.clients import SAMPLE_TEXTS, write_model_files
 from tests.clients.install import client_env, ensure, run_driver
+from tests.cluster import LocalCluster, infer, local_cluster, start, upload
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def test_import_hub_model_cli_traces_uploads_and_starts(
     done = subprocess.run(
         [sys.executable, "-m", "eland.cli.eland_import_hub_model", "--url", eland_cluster.url,
          "--hub-model-id", str(folder), "--task-type", "text_embedding", "--es-model-id", "cli-emb", "--start"],
-        env=client_env(eland_folders, {"HF_HOME": str(tmp_path / "hf-home")}), capture_output=True, text=True,
+        env=client_env(eland_folders, {"HF_HOME": str(tmp_path / "hf-home")}), check=False, capture_output=True, text=True,
         timeout=240,
     )
     assert done.returncode == 0, done.stderr[-6000:]
@@ -135,11 +135,3 @@ def test_import_hub_model_cli_traces_uploads_and_starts(
     assert status == 200, result
     got = [r["predicted_value"] for r in result["inference_results"]]
     assert np.allclose(got, expected, atol=1e-5)
-    # a second import of the same id is refused by eland itself (it found the model over GET)
-    again = subprocess.run(
-        [sys.executable, "-m", "eland.cli.eland_import_hub_model", "--url", eland_cluster.url,
-         "--hub-model-id", str(folder), "--task-type", "text_embedding", "--es-model-id", "cli-emb"],
-        env=client_env(eland_folders, {"HF_HOME": str(tmp_path / "hf-home")}), capture_output=True, text=True,
-        timeout=240,
-    )
-    assert again.returncode == 1 and "already exists" in again.stderr

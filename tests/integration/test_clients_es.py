@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.cluster import LocalCluster, infer, local_cluster, start, upload
 from tests.clients import SAMPLE_TEXTS, write_model_files
 from tests.clients.install import ensure, run_driver
+from tests.cluster import LocalCluster, infer, local_cluster, start, upload
 
 pytestmark = pytest.mark.slow
 
@@ -202,3 +202,12 @@ def test_stop_in_body_and_query_then_delete(run: dict[str, Any]) -> None:
     assert ok(run, "delete") == {"acknowledged": True}
     assert ok(run, "delete_config_only") == {"acknowledged": True}
     assert error(run, "get_deleted")["class"] == "NotFoundError"
+
+
+def test_security_endpoints_without_auth_answer_as_elasticsearch_does(es_cluster: LocalCluster) -> None:
+    """INFERQ_AUTH off: no credentials needed, and the key APIs say security is disabled."""
+    status, body = es_cluster.call("GET", "/_security/_authenticate")
+    assert status == 500 and body["error"]["type"] == "security_exception"
+    assert "INFERQ_AUTH=on" in body["error"]["reason"]
+    status, body = es_cluster.call("POST", "/_security/api_key", {"name": "k"})
+    assert status == 500 and body["error"]["type"] == "security_exception"

@@ -27,15 +27,27 @@ BERT_DEFAULTS = {
 
 def test_constants_list_every_task_and_tokenizer() -> None:
     assert set(TASK_TYPES) == {
-        "ner", "text_classification", "zero_shot_classification", "fill_mask", "question_answering",
-        "text_similarity", "text_embedding", "text_expansion", "pass_through",
+        "ner",
+        "text_classification",
+        "zero_shot_classification",
+        "fill_mask",
+        "question_answering",
+        "text_similarity",
+        "text_embedding",
+        "text_expansion",
+        "pass_through",
     }
     assert {"bert", "mpnet", "roberta", "xlm_roberta"} <= set(TOKENIZER_TYPES)
 
 
 def test_eland_text_embedding_config_gets_defaults() -> None:
     config = normalize_inference_config(
-        {"text_embedding": {"embedding_size": 16, "tokenization": {"bert": {"do_lower_case": True, "max_sequence_length": 32}}}}
+        {
+            "text_embedding": {
+                "embedding_size": 16,
+                "tokenization": {"bert": {"do_lower_case": True, "max_sequence_length": 32}},
+            }
+        }
     )
     assert config == {
         "text_embedding": {
@@ -59,7 +71,22 @@ def test_missing_tokenization_defaults_to_bert() -> None:
         ("fill_mask", {"num_top_classes": 5, "mask_token": "[MASK]"}),
         ("question_answering", {"num_top_classes": 0, "max_answer_length": 15}),
         ("text_similarity", {"span_score_combination_function": "max"}),
-        ("ner", {"classification_labels": ["O", "B_MISC", "I_MISC", "B_PER", "I_PER", "B_ORG", "I_ORG", "B_LOC", "I_LOC"]}),
+        (
+            "ner",
+            {
+                "classification_labels": [
+                    "O",
+                    "B_MISC",
+                    "I_MISC",
+                    "B_PER",
+                    "I_PER",
+                    "B_ORG",
+                    "I_ORG",
+                    "B_LOC",
+                    "I_LOC",
+                ]
+            },
+        ),
     ],
 )
 def test_task_defaults(task: str, expected: dict[str, Any]) -> None:
@@ -76,12 +103,16 @@ def test_zero_shot_defaults_and_label_rule() -> None:
     assert body["multi_label"] is False
     assert "labels" not in body
     with pytest.raises(ActionRequestValidation) as err:
-        normalize_inference_config({"zero_shot_classification": {"classification_labels": ["yes", "no", "maybe"]}})
+        normalize_inference_config(
+            {"zero_shot_classification": {"classification_labels": ["yes", "no", "maybe"]}}
+        )
     assert "must contain exactly the three values [contradiction, entailment, neutral]" in err.value.reason
 
 
 def test_roberta_and_fill_mask_tokenizer_specifics() -> None:
-    config = normalize_inference_config({"fill_mask": {"tokenization": {"roberta": {"add_prefix_space": True}}}})
+    config = normalize_inference_config(
+        {"fill_mask": {"tokenization": {"roberta": {"add_prefix_space": True}}}}
+    )
     body = config["fill_mask"]
     assert body["tokenization"]["roberta"]["add_prefix_space"] is True
     assert body["mask_token"] == "<mask>"
@@ -94,7 +125,10 @@ def test_roberta_and_fill_mask_tokenizer_specifics() -> None:
     [
         ({"max_sequence_length": 0}, "[max_sequence_length] must be positive"),
         ({"span": -2, "truncate": "none"}, "[span] must be non-negative"),
-        ({"span": 600, "truncate": "none"}, "[span] provided [600] must not be greater than [max_sequence_length]"),
+        (
+            {"span": 600, "truncate": "none"},
+            "[span] provided [600] must not be greater than [max_sequence_length]",
+        ),
         ({"span": 16}, "[span] must not be provided when [truncate] is not [none]"),
     ],
 )
@@ -108,8 +142,13 @@ def test_tokenization_rules(tokenization: dict[str, Any], message: str) -> None:
 def test_validation_messages_are_gathered() -> None:
     with pytest.raises(ActionRequestValidation) as err:
         normalize_inference_config(
-            {"question_answering": {"num_top_classes": -1, "max_answer_length": 0,
-                                    "tokenization": {"bert": {"max_sequence_length": -5}}}}
+            {
+                "question_answering": {
+                    "num_top_classes": -1,
+                    "max_answer_length": 0,
+                    "tokenization": {"bert": {"max_sequence_length": -5}},
+                }
+            }
         )
     assert len(err.value.messages) == 3
     assert err.value.reason.startswith("Validation Failed: 1: ")
@@ -178,7 +217,12 @@ def test_overrides_results_field_and_tokenization() -> None:
     )
     body = effective["ner"]
     assert body["results_field"] == "out"
-    assert body["tokenization"]["bert"] == {**BERT_DEFAULTS, "max_sequence_length": 128, "truncate": "none", "span": 32}
+    assert body["tokenization"]["bert"] == {
+        **BERT_DEFAULTS,
+        "max_sequence_length": 128,
+        "truncate": "none",
+        "span": 32,
+    }
     json.dumps(effective, sort_keys=True)  # JSON-serializable
 
 
@@ -195,7 +239,10 @@ def test_request_tokenization_only_truncate_and_span() -> None:
 def test_task_mismatch_names_both_tasks() -> None:
     with pytest.raises(BadRequest) as err:
         resolve_request_config(_model("ner"), {"fill_mask": {}}, model_id="my-model")
-    assert err.value.reason == "Trained model [my-model] is configured for task [ner] but called with task [fill_mask]"
+    assert (
+        err.value.reason
+        == "Trained model [my-model] is configured for task [ner] but called with task [fill_mask]"
+    )
     assert err.value.status == 400
 
 
@@ -233,7 +280,9 @@ def test_zero_shot_labels_required_unless_model_has_them() -> None:
     bare = _model("zero_shot_classification", {"classification_labels": labels})
     with pytest.raises(ActionRequestValidation, match=r"requires non-empty \[labels\]"):
         resolve_request_config(bare, None)
-    effective = resolve_request_config(bare, {"zero_shot_classification": {"labels": ["a", "b"], "multi_label": True}})
+    effective = resolve_request_config(
+        bare, {"zero_shot_classification": {"labels": ["a", "b"], "multi_label": True}}
+    )
     assert effective["zero_shot_classification"]["labels"] == ["a", "b"]
     assert effective["zero_shot_classification"]["multi_label"] is True
     with_labels = _model("zero_shot_classification", {"classification_labels": labels, "labels": ["x", "y"]})
@@ -265,3 +314,11 @@ def test_read_input_text_errors() -> None:
     with pytest.raises(BadRequest) as err:
         read_input_text({"text_field": 42}, ["text_field"])
     assert err.value.reason == "Input value [42] for field [text_field] must be a string"
+
+
+def test_text_classification_label_override_must_keep_the_count() -> None:
+    model = _model("text_classification", {"classification_labels": ["a", "b"]})
+    effective = resolve_request_config(model, {"text_classification": {"classification_labels": ["x", "y"]}})
+    assert effective["text_classification"]["classification_labels"] == ["x", "y"]
+    with pytest.raises(BadRequest, match=r"defined with \[2\] does not match the number in the update \[3\]"):
+        resolve_request_config(model, {"text_classification": {"classification_labels": ["x", "y", "z"]}})

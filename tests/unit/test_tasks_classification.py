@@ -35,7 +35,9 @@ def test_text_classification_averages_window_probabilities() -> None:
     output = np.array([[4.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     expected = (softmax(output[0]) + softmax(output[1])) / 2
     result = text_classification_result(output, LABELS, 3, "v", False)
-    assert [c["class_probability"] for c in result["top_classes"]] == pytest.approx(sorted(expected, reverse=True))
+    assert [c["class_probability"] for c in result["top_classes"]] == pytest.approx(
+        sorted(expected, reverse=True)
+    )
 
 
 def test_text_classification_label_count_mismatch() -> None:
@@ -47,7 +49,9 @@ def test_zero_shot_single_label_softmax_over_entailment() -> None:
     entail, contra = nli_positions(["contradiction", "neutral", "Entailment"])
     assert (entail, contra) == (2, 0)
     output = np.array([[0.0, 0.0, 2.0], [0.0, 0.0, 1.0], [3.0, 0.0, -1.0]])
-    result = zero_shot_result(output, ["sport", "music", "news"], entail, contra, False, "predicted_value", False)
+    result = zero_shot_result(
+        output, ["sport", "music", "news"], entail, contra, False, "predicted_value", False
+    )
     expected = softmax(np.array([2.0, 1.0, -1.0]))
     assert result["predicted_value"] == "sport"
     assert [c["class_name"] for c in result["top_classes"]] == ["sport", "music", "news"]

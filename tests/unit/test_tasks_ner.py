@@ -27,8 +27,17 @@ def run(text: str, tags: list[str], lower_case: bool = False, **settings: object
     output = logits_for(["O", *tags, "O"])[None]
     inner = tokenization.inner
     assert inner is not None
-    return ner_result(text, tokenization.windows, output, inner.word_ids, inner.offsets, LABELS, lower_case,
-                      "predicted_value", tokenization.truncated)
+    return ner_result(
+        text,
+        tokenization.windows,
+        output,
+        inner.word_ids,
+        inner.offsets,
+        LABELS,
+        lower_case,
+        "predicted_value",
+        tokenization.truncated,
+    )
 
 
 def test_entities_offsets_and_annotated_text() -> None:
@@ -61,12 +70,17 @@ def test_sub_tokens_are_averaged_into_one_word() -> None:
     tags = ["B_PER", "B_PER", "O", "B_ORG", "O", "B_LOC", "I_LOC"]
     result = run(text, tags)
     entities = result["entities"]
-    assert [(text[e["start_pos"]:e["end_pos"]], e["class_name"]) for e in entities] == [
-        ("unbelievable", "PER"), ("Café", "ORG"), ("中文", "LOC"),
+    assert [(text[e["start_pos"] : e["end_pos"]], e["class_name"]) for e in entities] == [
+        ("unbelievable", "PER"),
+        ("Café", "ORG"),
+        ("中文", "LOC"),
     ]
     # a word's probability is the mean of its sub-tokens' probability of the winning tag
     assert entities[0]["class_probability"] == pytest.approx(2 / 3, abs=5e-3)
-    assert result["predicted_value"] == "  [unbelievable](PER&unbelievable) [Café](ORG&Café) 😀 [中文](LOC&中文)  "
+    assert (
+        result["predicted_value"]
+        == "  [unbelievable](PER&unbelievable) [Café](ORG&Café) 😀 [中文](LOC&中文)  "
+    )
 
 
 def test_no_entities() -> None:
@@ -80,8 +94,17 @@ def test_truncated_flag() -> None:
     inner = tokenization.inner
     assert inner is not None
     output = logits_for(["O", "B_LOC", "O", "O"])[None]
-    result = ner_result("paris is the capital", tokenization.windows, output, inner.word_ids, inner.offsets,
-                        LABELS, False, "out", tokenization.truncated)
+    result = ner_result(
+        "paris is the capital",
+        tokenization.windows,
+        output,
+        inner.word_ids,
+        inner.offsets,
+        LABELS,
+        False,
+        "out",
+        tokenization.truncated,
+    )
     assert result["is_truncated"] is True
     assert result["out"] == "[paris](LOC&paris) is the capital"
 
@@ -104,7 +127,9 @@ def test_entities_are_merged_across_span_windows() -> None:
         rows.append(logits_for(tags))
     width = max(len(r) for r in rows)
     output = np.stack([np.pad(r, ((0, width - len(r)), (0, 0))) for r in rows])
-    result = ner_result(text, windows, output, inner.word_ids, inner.offsets, LABELS, False, "predicted_value", False)
+    result = ner_result(
+        text, windows, output, inner.word_ids, inner.offsets, LABELS, False, "predicted_value", False
+    )
     assert [(e["entity"], e["start_pos"], e["end_pos"]) for e in result["entities"]] == [("paris", 12, 17)]
 
 
@@ -123,7 +148,9 @@ def test_overlapping_tokens_take_the_most_central_window() -> None:
     rows = [first, second] + [logits_for(["O"] * len(w)) for w in windows[2:]]
     width = max(len(r) for r in rows)
     output = np.stack([np.pad(r, ((0, width - len(r)), (0, 0))) for r in rows])
-    result = ner_result(text, windows, output, inner.word_ids, inner.offsets, LABELS, False, "predicted_value", False)
+    result = ner_result(
+        text, windows, output, inner.word_ids, inner.offsets, LABELS, False, "predicted_value", False
+    )
     assert [(e["class_name"], e["start_pos"]) for e in result["entities"]] == [("ORG", 6)]
 
 
@@ -137,5 +164,8 @@ def test_iob_tags() -> None:
 
 
 def test_annotated_text_skips_unplaced_entities() -> None:
-    entities = [{"start_pos": -1, "end_pos": -1, "class_name": "X"}, {"start_pos": 0, "end_pos": 2, "class_name": "Y"}]
+    entities = [
+        {"start_pos": -1, "end_pos": -1, "class_name": "X"},
+        {"start_pos": 0, "end_pos": 2, "class_name": "Y"},
+    ]
     assert annotated_text("ab cd", entities) == "[ab](Y&ab) cd"

@@ -17,9 +17,13 @@ VOCAB = ["[PAD]", "[MASK]", "paris", "##s", "lyon", "a.b"]
 def test_fill_mask_result() -> None:
     row = np.zeros((4, len(VOCAB)))
     row[2] = [0.0, 0.0, 5.0, 1.0, 3.0, 0.0]
-    decode = lambda i: VOCAB[i][2:] if VOCAB[i].startswith("##") else VOCAB[i]  # noqa: E731
-    result = fill_mask_result("capital is [MASK]", [0, 7, 1, 0], row, 1, "[MASK]", decode, len(VOCAB), 2,
-                              "predicted_value", False)
+
+    def decode(i: int) -> str:
+        return VOCAB[i].removeprefix("##")
+
+    result = fill_mask_result(
+        "capital is [MASK]", [0, 7, 1, 0], row, 1, "[MASK]", decode, len(VOCAB), 2, "predicted_value", False
+    )
     probabilities = softmax(row[2])
     assert result["predicted_value"] == "paris"
     assert result["predicted_value_sequence"] == "capital is paris"
@@ -40,7 +44,10 @@ def test_fill_mask_needs_exactly_one_mask() -> None:
 def test_text_embedding_takes_the_first_row() -> None:
     assert text_embedding_result(np.array([[1.0, 2.0], [3.0, 4.0]]), "v", False) == {"v": [1.0, 2.0]}
     # a [rows, seq, dim] output gives the first position of the first row
-    assert text_embedding_result(np.arange(8.0).reshape(2, 2, 2), "v", True) == {"v": [0.0, 1.0], "is_truncated": True}
+    assert text_embedding_result(np.arange(8.0).reshape(2, 2, 2), "v", True) == {
+        "v": [0.0, 1.0],
+        "is_truncated": True,
+    }
 
 
 def test_text_similarity_combinations() -> None:

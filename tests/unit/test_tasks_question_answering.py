@@ -41,8 +41,12 @@ def test_top_classes_sorted_and_multi_token_answers() -> None:
     top = result["top_classes"]
     assert len(top) == 3
     assert [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
-    assert top[0] == {"answer": "of france", "score": result["prediction_probability"],
-                      "start_offset": CONTEXT.index("of france"), "end_offset": CONTEXT.index("of france") + 9}
+    assert top[0] == {
+        "answer": "of france",
+        "score": result["prediction_probability"],
+        "start_offset": CONTEXT.index("of france"),
+        "end_offset": CONTEXT.index("of france") + 9,
+    }
 
 
 def test_max_answer_length_limits_spans() -> None:

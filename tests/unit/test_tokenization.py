@@ -10,14 +10,48 @@ from tests.tiny_models import write_tokenizer
 from workers.tokenization import NlpTokenizer, Tokenization, build_tokenizer
 
 VOCAB = [
-    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
-    "the", "capital", "of", "france", "is", "paris", "cafe", "hello", "world", "##s", "!", ",", ".",
-    "中", "文", "😀", "elastic", "search", "mountain", "view", "un", "##believ", "##able", "a", "b", "c",
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "the",
+    "capital",
+    "of",
+    "france",
+    "is",
+    "paris",
+    "cafe",
+    "hello",
+    "world",
+    "##s",
+    "!",
+    ",",
+    ".",
+    "中",
+    "文",
+    "😀",
+    "elastic",
+    "search",
+    "mountain",
+    "view",
+    "un",
+    "##believ",
+    "##able",
+    "a",
+    "b",
+    "c",
 ]
 
 
 def bert(**settings: Any) -> NlpTokenizer:
-    body = {"do_lower_case": True, "with_special_tokens": True, "max_sequence_length": 512, "truncate": "first", "span": -1}
+    body = {
+        "do_lower_case": True,
+        "with_special_tokens": True,
+        "max_sequence_length": 512,
+        "truncate": "first",
+        "span": -1,
+    }
     body.update(settings)
     return build_tokenizer({"vocabulary": VOCAB}, {"bert": body})
 
@@ -37,7 +71,16 @@ def test_offsets_point_into_the_original_text() -> None:
     result = tok.tokenize(text)
     window = result.windows[0]
     assert tokens(tok, window.input_ids) == [
-        "[CLS]", "cafe", "hello", "!", "中", "文", "😀", "world", "##s", "[SEP]",
+        "[CLS]",
+        "cafe",
+        "hello",
+        "!",
+        "中",
+        "文",
+        "😀",
+        "world",
+        "##s",
+        "[SEP]",
     ]
     assert surface(text, result) == ["Café", "HELLO", "!", "中", "文", "😀", "world", "s"]
     assert window.sequence_ids[0] is None and window.sequence_ids[-1] is None
@@ -55,7 +98,15 @@ def test_case_is_kept_without_do_lower_case() -> None:
 def test_mask_token_in_text_stays_one_token() -> None:
     tok = bert()
     result = tok.tokenize("the capital is [MASK].")
-    assert tokens(tok, result.windows[0].input_ids) == ["[CLS]", "the", "capital", "is", "[MASK]", ".", "[SEP]"]
+    assert tokens(tok, result.windows[0].input_ids) == [
+        "[CLS]",
+        "the",
+        "capital",
+        "is",
+        "[MASK]",
+        ".",
+        "[SEP]",
+    ]
     assert tok.mask_id == 4
 
 
@@ -126,8 +177,11 @@ def test_pair_layout_and_token_types() -> None:
     assert tokens(tok, window.input_ids) == ["[CLS]", "the", "capital", "[SEP]", "is", "paris", "[SEP]"]
     assert window.token_type_ids == [0, 0, 0, 0, 1, 1, 1]
     assert window.sequence_ids == [None, 0, 0, None, 1, 1, None]
-    assert [("the capital", "is paris")[seq][s:e] for (s, e), seq in zip(window.offsets, window.sequence_ids)
-            if seq is not None] == ["the", "capital", "is", "paris"]
+    assert [
+        ("the capital", "is paris")[seq][s:e]
+        for (s, e), seq in zip(window.offsets, window.sequence_ids)
+        if seq is not None
+    ] == ["the", "capital", "is", "paris"]
 
 
 @pytest.mark.parametrize(
@@ -148,7 +202,9 @@ def test_pair_truncation_none_and_impossible_truncation() -> None:
     tok = bert(max_sequence_length=7)
     with pytest.raises(BadRequest, match=r"Input too large. The tokenized input length \[9\]"):
         tok.tokenize_pair("a a a", "b b b", truncate="none")
-    with pytest.raises(BadRequest, match=r"Attempting truncation \[first\] but input is too large for the second"):
+    with pytest.raises(
+        BadRequest, match=r"Attempting truncation \[first\] but input is too large for the second"
+    ):
         tok.tokenize_pair("a", "b b b b b b", truncate="first")
 
 
@@ -220,7 +276,9 @@ def test_matches_hugging_face(family: str, hf_tokenizers: dict[str, Any]) -> Non
         inner = tok.encode(text)
         assert inner.ids == expected["input_ids"], text
         hf_offsets = [tuple(o) for o in expected["offset_mapping"]]
-        if family == "xlm_roberta":  # Hugging Face keeps the "▁" space inside sentencepiece offsets; ES does not
+        if (
+            family == "xlm_roberta"
+        ):  # Hugging Face keeps the "▁" space inside sentencepiece offsets; ES does not
             hf_offsets = [strip_span(text, s, e) for s, e in hf_offsets]
         assert inner.offsets == hf_offsets, text
         single = hf(text)

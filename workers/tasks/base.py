@@ -75,9 +75,10 @@ def pad_rows(rows: Sequence[Window], pad_id: int) -> dict[str, np.ndarray]:
 
 
 def forward(module: Any, rows: Sequence[Window], tokenizer: NlpTokenizer) -> np.ndarray:
-    """One forward pass over ``rows``; returns the model's first output tensor as float64 numpy.
+    """One forward pass over ``rows``; returns the model's first output tensor as float32 numpy.
 
-    Like ml-cpp, a tuple output is reduced to its first element.
+    Like ml-cpp, a tuple output is reduced to its first element. Post-processing does its
+    arithmetic in float64 on the slices it needs (a fill_mask output is [rows, seq, vocab]).
     """
     import torch  # a worker-only dependency; keep post-processing importable without it
 
@@ -89,7 +90,7 @@ def forward(module: Any, rows: Sequence[Window], tokenizer: NlpTokenizer) -> np.
         output = output[0]
     if isinstance(output, Mapping):
         output = next(iter(output.values()))
-    return np.asarray(output.detach().to(torch.float64).cpu().numpy())
+    return np.asarray(output.detach().to(torch.float32).cpu().numpy())
 
 
 class BaseTask:
@@ -117,14 +118,12 @@ class BaseTask:
         if self.row_axis:
             output = np.moveaxis(output, self.row_axis, 0)
         if output.shape[0] != len(rows):
-            raise InferenceFailed(
-                f"model output has [{output.shape[0]}] rows but [{len(rows)}] were sent"
-            )
+            raise InferenceFailed(f"model output has [{output.shape[0]}] rows but [{len(rows)}] were sent")
         results = []
         start = 0
         for prepared in batch:
             count = len(prepared.rows)
-            results.append(self.postprocess(prepared, output[start:start + count]))
+            results.append(self.postprocess(prepared, output[start : start + count]))
             start += count
         return results
 

@@ -44,7 +44,11 @@ def fill_mask_result(
     result: dict[str, Any] = {results_field: predicted}
     if num_top_classes > 0:
         result["top_classes"] = [
-            {"class_name": decode(i), "class_probability": float(probabilities[i]), "class_score": float(probabilities[i])}
+            {
+                "class_name": decode(i),
+                "class_probability": float(probabilities[i]),
+                "class_score": float(probabilities[i]),
+            }
             for i in order[:num_top_classes]
         ]
     result["prediction_probability"] = float(probabilities[best])
@@ -61,7 +65,9 @@ class FillMaskTask(BaseTask):
         body = effective_body(self.name, config)
         check_mask_count(text, self.tokenizer.mask_token)
         truncate, span = request_truncation(config)
-        return Prepared(text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span))
+        return Prepared(
+            text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span)
+        )
 
     def decode_token(self, token_id: int) -> str:
         """A vocabulary token as text: no ``##`` continuation mark, byte-level/sentencepiece spaces removed."""

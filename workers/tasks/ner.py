@@ -58,7 +58,7 @@ def token_probabilities(
         positions = [i for i, seq in enumerate(window.sequence_ids) if seq == 0]
         if not positions:
             continue
-        logits = output[w][positions][:, :num_labels]
+        logits = np.asarray(output[w][positions][:, :num_labels], dtype=np.float64)
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probs = shifted / shifted.sum(axis=-1, keepdims=True)
         count = len(positions)
@@ -84,15 +84,21 @@ def tag_words(
     Tokens with no visible text (zero-width or whitespace-only offsets) are left out.
     """
     words: list[TaggedWord] = []
-    tokens = [t for t in sorted(probabilities) if text[offsets[t][0]:offsets[t][1]].strip()]
+    tokens = [t for t in sorted(probabilities) if text[offsets[t][0] : offsets[t][1]].strip()]
     i = 0
     while i < len(tokens):
         j = i
-        while j + 1 < len(tokens) and tokens[j + 1] == tokens[j] + 1 and word_ids[tokens[j + 1]] == word_ids[tokens[i]]:
+        while (
+            j + 1 < len(tokens)
+            and tokens[j + 1] == tokens[j] + 1
+            and word_ids[tokens[j + 1]] == word_ids[tokens[i]]
+        ):
             j += 1
-        scores = np.mean([probabilities[t] for t in tokens[i:j + 1]], axis=0)
+        scores = np.mean([probabilities[t] for t in tokens[i : j + 1]], axis=0)
         best = int(np.argmax(scores))
-        words.append(TaggedWord(offsets[tokens[i]][0], offsets[tokens[j]][1], tags[best], float(scores[best])))
+        words.append(
+            TaggedWord(offsets[tokens[i]][0], offsets[tokens[j]][1], tags[best], float(scores[best]))
+        )
         i = j + 1
     return words
 
@@ -127,7 +133,7 @@ def group_entities(words: Sequence[TaggedWord], text: str, lower_case: bool) -> 
 
 
 def annotated_text(text: str, entities: Sequence[Mapping[str, Any]]) -> str:
-    """"[Elastic](ORG&Elastic) is in [Mountain View](LOC&Mountain+View)"."""
+    """ "[Elastic](ORG&Elastic) is in [Mountain View](LOC&Mountain+View)"."""
     parts = []
     position = 0
     for entity in entities:
@@ -169,7 +175,9 @@ class NerTask(BaseTask):
     def prepare(self, text: str, config: Mapping[str, Any]) -> Prepared:
         body = effective_body(self.name, config)
         truncate, span = request_truncation(config)
-        return Prepared(text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span))
+        return Prepared(
+            text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span)
+        )
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> dict[str, Any]:
         inner = prepared.tokenization.inner

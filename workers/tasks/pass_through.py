@@ -21,7 +21,7 @@ def pass_through_result(
         matrix = output
     else:
         matrix = output.reshape(-1, 1)
-    result: dict[str, Any] = {results_field: [[float(x) for x in row] for row in matrix]}
+    result: dict[str, Any] = {results_field: np.asarray(matrix, dtype=np.float64).tolist()}
     if truncated:
         result["is_truncated"] = True
     return result
@@ -33,7 +33,9 @@ class PassThroughTask(BaseTask):
     def prepare(self, text: str, config: Mapping[str, Any]) -> Prepared:
         body = effective_body(self.name, config)
         truncate, span = request_truncation(config)
-        return Prepared(text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span))
+        return Prepared(
+            text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span)
+        )
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> dict[str, Any]:
         return pass_through_result(

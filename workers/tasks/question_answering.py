@@ -27,7 +27,7 @@ class Candidate:
 
 
 def normalize_with_mask(values: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    masked = np.where(allowed, values, _MASKED_LOGIT)
+    masked = np.where(allowed, np.asarray(values, dtype=np.float64), _MASKED_LOGIT)
     exp_sum = np.sum(np.exp(masked))
     return np.asarray(np.exp(masked - np.log(exp_sum)))
 
@@ -83,7 +83,9 @@ def question_answering_result(
         token_count = len(window)
         context_start = context_positions[0] if context_positions else token_count - 1
         candidates.extend(
-            window_candidates(output[w][0], output[w][1], context_start, token_count, max_answer_length, gather, w)
+            window_candidates(
+                output[w][0], output[w][1], context_start, token_count, max_answer_length, gather, w
+            )
         )
     # Best first; on equal scores the later candidate wins (as Lucene's bounded priority queue keeps it).
     ranked = sorted(enumerate(candidates), key=lambda ic: (-ic[1].score, -ic[0]))[:gather]

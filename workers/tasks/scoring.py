@@ -20,7 +20,9 @@ def sorted_indices_desc(scores: np.ndarray) -> list[int]:
     return [int(i) for i in sorted(range(len(scores)), key=lambda i: -float(scores[i]))]
 
 
-def top_class_entries(labels: Sequence[str], scores: np.ndarray, order: Sequence[int]) -> list[dict[str, Any]]:
+def top_class_entries(
+    labels: Sequence[str], scores: np.ndarray, order: Sequence[int]
+) -> list[dict[str, Any]]:
     return [
         {"class_name": labels[i], "class_probability": float(scores[i]), "class_score": float(scores[i])}
         for i in order

@@ -13,7 +13,7 @@ from workers.tasks.scoring import row_vector
 
 def text_embedding_result(output: np.ndarray, results_field: str, truncated: bool) -> dict[str, Any]:
     """``output``: the doc's rows ([windows, dim] or [windows, seq, dim]); ES returns row 0's vector."""
-    result: dict[str, Any] = {results_field: [float(x) for x in row_vector(output[0])]}
+    result: dict[str, Any] = {results_field: np.asarray(row_vector(output[0]), dtype=np.float64).tolist()}
     if truncated:
         result["is_truncated"] = True
     return result
@@ -25,7 +25,11 @@ class TextEmbeddingTask(BaseTask):
     def prepare(self, text: str, config: Mapping[str, Any]) -> Prepared:
         body = effective_body(self.name, config)
         truncate, span = request_truncation(config)
-        return Prepared(text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span))
+        return Prepared(
+            text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span)
+        )
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> dict[str, Any]:
-        return text_embedding_result(output, prepared.config["results_field"], prepared.tokenization.truncated)
+        return text_embedding_result(
+            output, prepared.config["results_field"], prepared.tokenization.truncated
+        )

@@ -22,8 +22,8 @@ def text_expansion_result(
     """``output``: the doc's rows; row 0's vector (or its first position) holds one weight per token."""
     vector = row_vector(output[0])
     weights = []
-    for token_id in np.nonzero(vector > 0.0)[0]:
-        token_id = int(token_id)
+    for index in np.nonzero(vector > 0.0)[0]:
+        token_id = int(index)
         token = vocabulary[token_id] if token_id < len(vocabulary) else str(token_id)
         weights.append((sanitized_token(token), float(np.float32(vector[token_id]))))
     weights.sort(key=lambda kv: -kv[1])  # stable: equal weights keep vocabulary order
@@ -39,9 +39,14 @@ class TextExpansionTask(BaseTask):
     def prepare(self, text: str, config: Mapping[str, Any]) -> Prepared:
         body = effective_body(self.name, config)
         truncate, span = request_truncation(config)
-        return Prepared(text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span))
+        return Prepared(
+            text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span)
+        )
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> dict[str, Any]:
         return text_expansion_result(
-            output, self.tokenizer.vocabulary, prepared.config["results_field"], prepared.tokenization.truncated
+            output,
+            self.tokenizer.vocabulary,
+            prepared.config["results_field"],
+            prepared.tokenization.truncated,
         )

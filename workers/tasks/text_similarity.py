@@ -20,7 +20,9 @@ def text_similarity_result(
     for row in output:
         vector = row_vector(row)
         if vector.shape[-1] != 1:
-            raise InferenceFailed(f"Expected exactly [1] value in text_similarity result; got [{vector.shape[-1]}]")
+            raise InferenceFailed(
+                f"Expected exactly [1] value in text_similarity result; got [{vector.shape[-1]}]"
+            )
         scores.append(float(vector[0]))
     score = max(scores) if combination == "max" else sum(scores) / len(scores)
     result: dict[str, Any] = {results_field: score}
