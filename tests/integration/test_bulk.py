@@ -270,6 +270,7 @@ def test_a_killed_worker_s_job_is_retried_and_resumes_without_duplicates(
         assert wait_done(job, 90) == "finished", job.latest_result()
         recovered_s = time.monotonic() - killed_at
     summary = job.return_value()
+    job.refresh()
     assert job.retries_left == 1  # RQ re-enqueued the abandoned job once
     assert summary["resumed_from"] >= done_at_kill > 0  # it went on from the part file
     assert summary["output_path"] == str(output) and not part.exists()

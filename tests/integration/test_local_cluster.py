@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import redis
 
 from tests.cluster import http
 from tests.redis_server import free_port
@@ -44,9 +45,9 @@ def alive(pid: int) -> bool:
 def test_cluster_command_serves_the_demo_model_and_stops_cleanly(redis_url: str) -> None:
     port = free_port()
     db_url = redis_url.rsplit("/", 1)[0] + "/14"
-    import redis
-
-    redis.Redis.from_url(db_url).flushdb()
+    client = redis.Redis.from_url(db_url)
+    client.flushdb()
+    client.close()
     env = {**os.environ, "INFERQ_REDIS_URL": db_url, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "cluster", "--nodes", "2", "--port", str(port), "--demo-model"],
