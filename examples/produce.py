@@ -38,7 +38,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def backoff_s(attempt: int) -> float:
-    return min(0.01 * 2**attempt, 1.0)
+    return min(0.01 * 2.0**attempt, 1.0)
 
 
 async def produce_async(args: argparse.Namespace, docs: list[dict[str, str]]) -> list[InferResult]:

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from gateway.start_params import StartParams
 from shared import keys, node_registry, task_config
 from shared.assignment import assignment_state, render_assignment, wait_satisfied
-from shared.deployment_store import DeploymentStore, RouteStatus
+from shared.deployment_store import DeploymentStore
 from shared.errors import (
     BadRequest,
     Conflict,
@@ -29,12 +29,10 @@ from shared.errors import (
     RequestTimeout,
     TooManyRequests,
     deployment_not_found,
-    model_not_found,
 )
 from shared.lease import cluster_lease
 from shared.model_store import ModelStore
 from shared.planner import DeploymentDemand, NodeCapacity, Plan, estimate_memory_bytes, plan
-from shared.queue import REQUEUE
 from shared.units import format_time_ms
 from shared.wire import InferReply, InferRequest, WireError
 
@@ -66,7 +64,6 @@ class ControlPlane:
         self.redis = client
         self.models = ModelStore(client)
         self.deployments = DeploymentStore(client)
-        self._requeue = client.register_script(REQUEUE)
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -393,10 +390,3 @@ async def planner_loop(control: ControlPlane, interval_s: float, stop: asyncio.E
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
         except asyncio.TimeoutError:
             pass
-
-
-def route_summary(routes: Mapping[str, RouteStatus]) -> str:
-    return ", ".join(f"{n}:{r.routing_state}/{r.current_allocations}" for n, r in sorted(routes.items()))
-
-
-__all__ = ["ControlPlane", "planner_loop", "model_not_found"]

@@ -22,17 +22,23 @@ async def _deployment_stats(client: aioredis.Redis, view: DeploymentView, now: i
     deployment_id = view.deployment_id
     nodes = sorted(set(view.routes) | {n for n, a in view.doc.get("targets", {}).items() if a > 0})
     infos = {n.node_id: n for n in await node_registry.live_nodes(client)}
+    processing = {
+        node: [k async for k in client.scan_iter(match=keys.processing_pattern(deployment_id, node))]
+        for node in nodes
+    }
     async with client.pipeline(transaction=False) as pipe:
         for node in nodes:
             pipe.hgetall(keys.stats(deployment_id, node))
             pipe.llen(keys.queue(deployment_id, node))
-        replies = await pipe.execute()
+            for key in processing[node]:
+                pipe.llen(key)
+        replies = iter(await pipe.execute())
     rendered: list[dict[str, Any]] = []
     params = view.doc["task_parameters"]
-    for i, node in enumerate(nodes):
-        raw, queued = replies[2 * i], int(replies[2 * i + 1])
+    for node in nodes:
+        raw, queued = next(replies), int(next(replies))
+        in_flight = sum(int(next(replies)) for _ in processing[node])
         route = view.routes.get(node)
-        in_flight = int(raw.get(b"in_flight", 0)) if raw else 0
         info = infos.get(node)
         rendered.append(
             render_node_stats(

@@ -239,6 +239,9 @@ class Producer:
         if view.state in ("stopping", "failed"):
             raise Conflict(f"Trained model [{view.deployment_id}] is [{view.state}]")
         weights = view.routable_weights()
+        if not weights:  # this view may lag a start that just finished elsewhere: look once more
+            view = (await self.watcher.refresh()).resolve(model_or_deployment_id) or view
+            weights = view.routable_weights()
         if not weights:
             raise Conflict(f"Trained model deployment [{view.deployment_id}] is not allocated to any nodes")
         field_names = view.doc.get("field_names") or ["text_field"]

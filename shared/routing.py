@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 
 def _unit_interval(digest: str, node_id: str) -> float:
@@ -32,11 +32,3 @@ def rank_nodes(weights: Mapping[str, int], digest: str | None) -> list[str]:
         scored.append((score, node_id))
     scored.sort(reverse=True)
     return [node_id for _, node_id in scored]
-
-
-def spread_evenly(items: Sequence[str], nodes: Sequence[str]) -> dict[str, list[int]]:
-    """Indices of ``items`` per node, round robin (used when no digest ties a doc to a node)."""
-    plan: dict[str, list[int]] = {n: [] for n in nodes}
-    for i, _ in enumerate(items):
-        plan[nodes[i % len(nodes)]].append(i)
-    return plan

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -97,7 +97,7 @@ def test_sync_producer_gives_the_same_results_and_errors(cluster: LocalCluster) 
 def node_of(cluster: LocalCluster, deployment_id: str) -> str:
     client = redis.Redis.from_url(cluster.redis_url)
     try:
-        (node,) = [n.decode() for n in client.hkeys(keys.routes(deployment_id))]
+        (node,) = [n.decode() for n in cast(list[bytes], client.hkeys(keys.routes(deployment_id)))]
     finally:
         client.close()
     return node

@@ -17,7 +17,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import numpy as np
@@ -84,8 +84,9 @@ class RawProducer:
         self.reply_key = f"inferq:replies:{secrets.token_hex(6)}"
         self.dispatch_sha = client.script_load(dispatch_script())
         self.bounded_push = lua_block("bounded-push")
-        self.doc: dict[str, Any] = json.loads(client.get(f"inferq:deployment:{deployment_id}"))
-        routes = {n.decode(): json.loads(r) for n, r in client.hgetall(f"inferq:routes:{deployment_id}").items()}
+        self.doc: dict[str, Any] = json.loads(cast(bytes, client.get(f"inferq:deployment:{deployment_id}")))
+        raw_routes: dict[bytes, bytes] = client.hgetall(f"inferq:routes:{deployment_id}")  # type: ignore[assignment]
+        routes = {n.decode(): json.loads(r) for n, r in raw_routes.items()}
         self.routes = routes
         targets = self.doc["targets"]
         self.weights = {

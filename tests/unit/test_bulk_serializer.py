@@ -51,7 +51,7 @@ def test_rq_job_data_is_msgpack() -> None:
 
 
 def test_options_validate_and_round_trip() -> None:
-    options = BulkOptions(chunk_docs=8, window_docs=32, queue_share=0.25)
+    options = BulkOptions(chunk_docs=8, window_docs_per_allocation=32, queue_share=0.25)
     assert BulkOptions.from_dict(MsgpackSerializer.loads(MsgpackSerializer.dumps(options.__dict__))) == options
     assert options.queue_limit(1024) == 256
     assert BulkOptions().queue_limit(1) == 1  # never 0: a bulk job always makes progress
