@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -84,6 +85,11 @@ def test_sync_producer_gives_the_same_results_and_errors(cluster: LocalCluster) 
         results = producer.infer("tiny", docs(values), timeout_ms=5_000)
         assert [r.result() for r in results] == body["inference_results"]
         assert producer.resolve("tiny").deployment_id == "tiny"
+        # any number of threads share the one producer (its loop thread, connections, reply list)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            per_thread = list(pool.map(lambda i: producer.infer("tiny", docs(values[i : i + 2])), range(4)))
+        for i, thread_results in enumerate(per_thread):
+            assert [r.result() for r in thread_results] == body["inference_results"][i : i + 2]
         with pytest.raises(NotFound) as missing:
             producer.infer("no-such-model", docs(values))
         status, http_body = infer(cluster, "no-such-model", values)
