@@ -94,7 +94,7 @@ def forward(module: Any, rows: Sequence[Window], tokenizer: NlpTokenizer) -> np.
 
 
 class BaseTask:
-    """Shared ``run``: subclasses implement ``prepare`` and the pure ``postprocess``."""
+    """Shared ``prepare`` (one text) and ``run``: subclasses implement the pure ``postprocess``."""
 
     name: str = ""
     # Which axis of the model output indexes rows (question answering stacks start/end first).
@@ -104,8 +104,13 @@ class BaseTask:
         self.model_config = model_config
         self.tokenizer = tokenizer
 
-    def prepare(self, text: str, config: Mapping[str, Any]) -> Prepared:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def prepare(self, text: str, config: Mapping[str, Any]) -> Prepared:
+        """One text, tokenized with the request's truncation and span (pair tasks override)."""
+        body = effective_body(self.name, config)
+        truncate, span = request_truncation(config)
+        return Prepared(
+            text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span)
+        )
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import IllegalArgument
-from workers.tasks.base import BaseTask, Prepared, effective_body, request_truncation
+from workers.tasks.base import BaseTask, Prepared
 from workers.tokenization import Window
 
 
@@ -171,13 +171,6 @@ def ner_result(
 
 class NerTask(BaseTask):
     name = "ner"
-
-    def prepare(self, text: str, config: Mapping[str, Any]) -> Prepared:
-        body = effective_body(self.name, config)
-        truncate, span = request_truncation(config)
-        return Prepared(
-            text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span)
-        )
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> dict[str, Any]:
         inner = prepared.tokenization.inner

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from shared.errors import Conflict
-from workers.tasks.base import BaseTask, Prepared, effective_body, request_truncation
+from workers.tasks.base import BaseTask, Prepared
 from workers.tasks.scoring import classification_result, row_vector, softmax
 
 
@@ -33,13 +33,6 @@ def text_classification_result(
 
 class TextClassificationTask(BaseTask):
     name = "text_classification"
-
-    def prepare(self, text: str, config: Mapping[str, Any]) -> Prepared:
-        body = effective_body(self.name, config)
-        truncate, span = request_truncation(config)
-        return Prepared(
-            text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span)
-        )
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> dict[str, Any]:
         config = prepared.config

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from workers.tasks.base import BaseTask, Prepared, effective_body, request_truncation
+from workers.tasks.base import BaseTask, Prepared
 from workers.tasks.scoring import row_vector
 
 
@@ -21,13 +20,6 @@ def text_embedding_result(output: np.ndarray, results_field: str, truncated: boo
 
 class TextEmbeddingTask(BaseTask):
     name = "text_embedding"
-
-    def prepare(self, text: str, config: Mapping[str, Any]) -> Prepared:
-        body = effective_body(self.name, config)
-        truncate, span = request_truncation(config)
-        return Prepared(
-            text=text, config=body, tokenization=self.tokenizer.tokenize(text, truncate=truncate, span=span)
-        )
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> dict[str, Any]:
         return text_embedding_result(
