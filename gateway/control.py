@@ -388,5 +388,5 @@ async def planner_loop(control: ControlPlane, interval_s: float, stop: asyncio.E
             log.warning("planner pass failed: %s", exc)
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

@@ -10,7 +10,15 @@ from typing import Any
 from aiohttp import web
 
 from gateway.app_keys import CONTROL, MODELS, PRODUCER
-from gateway.http import check_fields, check_params, json_response, parse_int, query_bool, query_int, read_object
+from gateway.http import (
+    check_fields,
+    check_params,
+    json_response,
+    parse_int,
+    query_bool,
+    query_int,
+    read_object,
+)
 from shared import task_config
 from shared.errors import (
     ActionRequestValidation,

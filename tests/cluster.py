@@ -140,7 +140,8 @@ def local_cluster(
 
 
 def upload(cluster: LocalCluster, model_id: str, traced: Any) -> None:
-    from workers.importer import RestClient, upload as upload_model
+    from workers.importer import RestClient
+    from workers.importer import upload as upload_model
 
     upload_model(RestClient(cluster.url), model_id, traced.config, traced.torchscript, traced.vocabulary, progress=False)
 
