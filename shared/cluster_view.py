@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from shared import keys
 from shared.deployment_store import RouteStatus
+from shared.redis_conn import text
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class ClusterView:
 
 
 async def load_view(client: aioredis.Redis) -> ClusterView:
-    ids = sorted(d.decode() for d in await client.smembers(keys.DEPLOYMENTS))
+    ids = sorted(text(d) for d in await client.smembers(keys.DEPLOYMENTS))
     if not ids:
         return ClusterView()
     async with client.pipeline(transaction=False) as pipe:
@@ -93,7 +94,7 @@ async def load_view(client: aioredis.Redis) -> ClusterView:
         if raw_doc is None:
             continue
         doc = json.loads(raw_doc)
-        routes = {n.decode(): RouteStatus.from_json(v) for n, v in raw_routes.items()}
+        routes = {text(n): RouteStatus.from_json(v) for n, v in raw_routes.items()}
         dv = DeploymentView(doc, routes)
         view.deployments[dv.deployment_id] = dv
         view.by_model.setdefault(dv.model_id, []).append(dv.deployment_id)

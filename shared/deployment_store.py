@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
 from shared import keys
+from shared.redis_conn import text
 
 ROUTING_STATES = ("starting", "started", "stopping", "stopped", "failed")
 
@@ -46,8 +48,8 @@ class RouteStatus:
         )
 
 
-def _decode_routes(raw: dict[bytes, bytes]) -> dict[str, RouteStatus]:
-    return {node.decode(): RouteStatus.from_json(value) for node, value in raw.items()}
+def _decode_routes(raw: Mapping[bytes | str, bytes | str]) -> dict[str, RouteStatus]:
+    return {text(node): RouteStatus.from_json(value) for node, value in raw.items()}
 
 
 class DeploymentStore:
@@ -61,7 +63,7 @@ class DeploymentStore:
         return json.loads(raw) if raw is not None else None
 
     async def ids(self) -> list[str]:
-        return sorted(d.decode() for d in await self.redis.smembers(keys.DEPLOYMENTS))
+        return sorted(text(d) for d in await self.redis.smembers(keys.DEPLOYMENTS))
 
     async def all(self) -> list[dict[str, Any]]:
         ids = await self.ids()
@@ -103,7 +105,7 @@ class SyncDeploymentStore:
         self.redis = redis_client
 
     def all(self) -> list[dict[str, Any]]:
-        ids = sorted(d.decode() for d in self.redis.smembers(keys.DEPLOYMENTS))
+        ids = sorted(text(d) for d in self.redis.smembers(keys.DEPLOYMENTS))
         if not ids:
             return []
         raws = self.redis.mget([keys.deployment(d) for d in ids])

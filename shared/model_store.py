@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import redis
 import redis.asyncio as aioredis
 
 from shared import keys
+from shared.redis_conn import as_bytes, text
 from shared.errors import BadRequest, NotFound, ResourceAlreadyExists, model_not_found
 
 MODEL_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_\-\.]*[a-z0-9])?$")
@@ -50,13 +51,13 @@ class DefinitionStatus:
         )
 
 
-def _status_from_hash(raw: dict[bytes, bytes]) -> DefinitionStatus | None:
+def _status_from_hash(raw: Mapping[bytes | str, bytes | str]) -> DefinitionStatus | None:
     if not raw:
         return None
     parts: dict[int, int] = {}
     total_parts = total_length = 0
     for field, value in raw.items():
-        name = field.decode()
+        name = text(field)
         if name == "total_parts":
             total_parts = int(value)
         elif name == "total_definition_length":
@@ -96,7 +97,7 @@ class ModelStore:
         await self.redis.set(keys.model_config(model_id), json.dumps(config), xx=True)
 
     async def ids(self) -> list[str]:
-        return sorted(m.decode() for m in await self.redis.smembers(keys.MODELS))
+        return sorted(text(m) for m in await self.redis.smembers(keys.MODELS))
 
     async def match(self, expression: str, *, allow_no_match: bool) -> list[str]:
         """Resolve '_all', '*', comma lists and wildcards to stored ids (sorted)."""
@@ -123,10 +124,10 @@ class ModelStore:
         meta_key = keys.model_parts_meta(model_id)
         cached = await self.redis.hget(meta_key, "sha256")
         if cached:
-            return str(cached.decode())
+            return text(cached)
         digest = hashlib.sha256()
         for part in range(status.total_parts):
-            digest.update(await self.redis.get(keys.model_part(model_id, part)) or b"")
+            digest.update(as_bytes(await self.redis.get(keys.model_part(model_id, part)) or b""))
         value = digest.hexdigest()
         await self.redis.hset(meta_key, "sha256", value)
         return value
@@ -181,7 +182,7 @@ def read_definition(client: redis.Redis, model_id: str, expected_sha256: str) ->
 
 def _read_parts(client: redis.Redis, model_id: str, total_parts: int) -> Iterator[bytes]:
     for part in range(total_parts):
-        yield client.get(keys.model_part(model_id, part)) or b""
+        yield as_bytes(client.get(keys.model_part(model_id, part)) or b"")
 
 
 def read_vocabulary(client: redis.Redis, model_id: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from shared import keys
+from shared.redis_conn import text
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def register(client: redis.Redis, node_id: str, processors: int, memory_bytes: i
     info = NodeInfo(node_id, processors, memory_bytes, now_ms(), socket.gethostname(), os.getpid())
     pipe = client.pipeline(transaction=True)
     pipe.delete(keys.node_info(node_id))
-    pipe.hset(keys.node_info(node_id), mapping=info.mapping())
+    pipe.hset(keys.node_info(node_id), mapping=info.mapping())  # type: ignore[arg-type]  # redis-py's Mapping is invariant
     pipe.sadd(keys.NODES, node_id)
     pipe.set(keys.node_heartbeat(node_id), info.started_ms, px=int(ttl_s * 1000))
     pipe.incr(keys.STATE_VERSION)
@@ -81,7 +82,7 @@ def deregister(client: redis.Redis, node_id: str) -> None:
 
 
 async def live_nodes(client: aioredis.Redis) -> list[NodeInfo]:
-    ids = sorted(n.decode() for n in await client.smembers(keys.NODES))
+    ids = sorted(text(n) for n in await client.smembers(keys.NODES))
     if not ids:
         return []
     async with client.pipeline(transaction=False) as pipe:
@@ -98,7 +99,7 @@ async def live_nodes(client: aioredis.Redis) -> list[NodeInfo]:
 
 
 async def known_node_ids(client: aioredis.Redis) -> list[str]:
-    return sorted(n.decode() for n in await client.smembers(keys.NODES))
+    return sorted(text(n) for n in await client.smembers(keys.NODES))
 
 
 async def forget(client: aioredis.Redis, node_id: str) -> None:

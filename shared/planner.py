@@ -204,19 +204,19 @@ def _plan_phase(bins: _Bins, items: Sequence[_Item]) -> dict[str, str]:
     # 2. One allocation for every deployment that has none: previously assigned ones first.
     empty = [i for i in items if i.wanted > 0 and bins.total(i) == 0]
     for item in sorted(empty, key=lambda i: (not i.previously_assigned, i.size_key)):
-        node_id = bins.best_node(item)
-        if node_id is not None:
-            bins.place(item, node_id, 1)
+        chosen = bins.best_node(item)
+        if chosen is not None:
+            bins.place(item, chosen, 1)
 
     # 3. The rest, one allocation per deployment per round, until nothing more fits.
     hungry = sorted((i for i in items if bins.total(i) < i.wanted), key=lambda i: i.size_key)
     while hungry:
         still_hungry: list[_Item] = []
         for item in hungry:
-            node_id = bins.best_node(item)
-            if node_id is None:
+            chosen = bins.best_node(item)
+            if chosen is None:
                 continue
-            bins.place(item, node_id, 1)
+            bins.place(item, chosen, 1)
             if bins.total(item) < item.wanted:
                 still_hungry.append(item)
         hungry = still_hungry

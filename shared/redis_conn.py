@@ -26,3 +26,12 @@ def sync_client(url: str, *, blocking: bool = False) -> redis.Redis:
         socket_timeout=None if blocking else 10.0,
         socket_connect_timeout=5.0,
     )
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients here never set ``decode_responses``)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
