@@ -71,8 +71,8 @@ def create_app(settings: GatewaySettings, *, redis: aioredis.Redis | None = None
     app[SETTINGS] = settings
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        client = redis if redis is not None else async_client(settings.redis_url)
-        blocking = async_client(settings.redis_url, blocking=True)
+        client = redis if redis is not None else async_client(settings.redis_url, client_name="inferq-gateway")
+        blocking = async_client(settings.redis_url, blocking=True, max_connections=4, client_name="inferq-gateway")
         app[REDIS] = client
         app[MODELS] = ModelStore(client)
         app[CONTROL] = ControlPlane(client)

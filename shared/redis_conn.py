@@ -10,14 +10,21 @@ import redis
 import redis.asyncio as aioredis
 
 
-def async_client(url: str, *, blocking: bool = False, max_connections: int | None = None) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+def async_client(
+    url: str, *, blocking: bool = False, max_connections: int = 32, client_name: str | None = None
+) -> aioredis.Redis:
+    """A client whose pool never grows past ``max_connections``: a burst of requests waits
+    for a free connection instead of opening one per request in flight."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=None,
         socket_timeout=None if blocking else 10.0,
         socket_connect_timeout=5.0,
-        max_connections=max_connections,
         health_check_interval=0,
+        client_name=client_name,
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 def sync_client(url: str, *, blocking: bool = False) -> redis.Redis:

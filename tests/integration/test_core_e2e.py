@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import concurrent.futures
 import json
 import time
@@ -11,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 from tests.cluster import LocalCluster, http, infer, local_cluster, start, upload
 
@@ -139,3 +142,28 @@ def test_two_gateways_side_by_side(cluster: LocalCluster) -> None:
     status, stats = http("GET", f"http://127.0.0.1:{second}/_ml/trained_models/tiny-emb/_stats")
     assert stats["trained_model_stats"][0]["deployment_stats"]["allocation_status"]["allocation_count"] == 2
     assert json.dumps(stats)  # renders
+
+
+def test_waiting_requests_share_a_fixed_number_of_connections(cluster: LocalCluster) -> None:
+    """60 requests wait at once (the workers are paused); the gateway holds no connection per
+    waiting request: its pools are bounded, and replies come back on one shared reply list."""
+    for proc in cluster.nodes.values():
+        os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=60) as pool:
+            futures = [pool.submit(infer, cluster, "tiny-emb", [f"waiting request {i}"]) for i in range(60)]
+            client = redis.Redis.from_url(cluster.redis_url)
+            deadline = time.monotonic() + 10
+            while sum(client.llen(k) for k in client.scan_iter(match="inferq:dn:{tiny-emb|*}:queue")) < 60:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            gateway_connections = [c for c in client.client_list() if c.get("name") == "inferq-gateway"]
+            client.close()
+            for proc in cluster.nodes.values():
+                os.kill(proc.pid, signal.SIGCONT)
+            statuses = [f.result()[0] for f in futures]
+    finally:
+        for proc in cluster.nodes.values():
+            os.kill(proc.pid, signal.SIGCONT)
+    assert statuses == [200] * 60
+    assert 0 < len(gateway_connections) <= (32 + 4) * len(cluster.gateways)
