@@ -50,7 +50,6 @@ import redis
 
 from benchmarks.common import (
     CpuMeter,
-    WrkResult,
     counter_delta,
     distinct_text,
     ensure_wrk,
@@ -61,6 +60,7 @@ from benchmarks.common import (
     run_wrk,
     write_texts,
 )
+from shared.redis_conn import text as reply_text
 from tests.cluster import LocalCluster, http, local_cluster, start, upload, wait_http
 from tests.redis_server import free_port
 
@@ -337,10 +337,9 @@ class Bench:
         cpu = meter.stop()
         counters = counter_delta(counters_before, redis_counters(self.client))
         out = result.to_json()
-        out["cpu_ms_per_request"] = {
-            name: round(cpu[name] * 1000 / max(result.requests, 1), 3) for name in ("gateway", "worker", "redis")
-        }
-        out["cpu_ms_per_request"]["wrk"] = round(result.client_cpu_s * 1000 / max(result.requests, 1), 3)
+        cpu_ms = {name: round(cpu[name] * 1000 / max(result.requests, 1), 3) for name in ("gateway", "worker", "redis")}
+        cpu_ms["wrk"] = round(result.client_cpu_s * 1000 / max(result.requests, 1), 3)
+        out["cpu_ms_per_request"] = cpu_ms
         other = cpu["machine_busy_s"] - sum(cpu[n] for n in ("gateway", "worker", "redis")) - result.client_cpu_s
         out["machine"] = {
             "busy_share": round(cpu["machine_busy_s"] / max(cpu["machine_total_s"], 1e-9), 3),
@@ -374,11 +373,29 @@ class Bench:
         interesting = {k: round(v, 3) for k, v in sorted(net.items()) if v >= 0.005}
         return interesting
 
+    def peak_rss(self, label: str, deployment_id: str, *, connections: int) -> int:
+        """The worker's highest RSS, sampled every 100 ms during a wrk run."""
+        peak = [rss_bytes(self.node_pid)]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.1):
+                peak[0] = max(peak[0], rss_bytes(self.node_pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            self.wrk(label, deployment_id, connections=connections, duration_s=self.plan.short_s)
+        finally:
+            done.set()
+            sampler.join()
+        return max(peak[0], rss_bytes(self.node_pid))
+
     def stats(self, deployment_id: str) -> dict[str, int]:
         from shared import keys
 
         raw = self.client.hgetall(keys.stats(deployment_id, NODE_ID))
-        return {k.decode(): int(float(v)) for k, v in raw.items() if k.decode().endswith("_count")}
+        return {reply_text(k): int(float(v)) for k, v in raw.items() if reply_text(k).endswith("_count")}
 
     def deploy(self, deployment_id: str, allocations: int, threads: int, extra: str = "") -> None:
         query = (
@@ -485,7 +502,7 @@ def reject_phase(bench: Bench) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError("could not fill the queue")
         result = {
-            str(c): bench.wrk("reject", deployment_id, connections=c, duration_s=bench.plan.short_s, drain=False)
+            str(c): bench.wrk("reject", deployment_id, connections=c, duration_s=bench.plan.short_s, warm=False, drain=False)
             for c in bench.plan.reject_concurrencies
         }
     finally:
@@ -507,29 +524,81 @@ def allocations_phase(bench: Bench) -> dict[str, Any]:
 
 
 def memory_phase(bench: Bench) -> dict[str, Any]:
-    """Worker RSS with 1 allocation, then (same process) with 4, each after serving batches."""
-    bench.restart_node(4, {})
-    deployment_id = "minilm-rss"
-    idle_before_load = rss_bytes(bench.node_pid)
-    bench.deploy(deployment_id, 1, 1)
-    bench.wrk("rss-1", deployment_id, connections=32, duration_s=bench.plan.short_s)
-    one = rss_bytes(bench.node_pid)
-    bench.update(deployment_id, 4)
-    bench.wrk("rss-4", deployment_id, connections=64, duration_s=bench.plan.short_s)
-    four = rss_bytes(bench.node_pid)
+    """Peak worker RSS while serving the same load (c=32) with 1 allocation, then (same process)
+    with 4, and again with 4 at c=128 (every allocation batching fully); first as shipped, then
+    with ``MALLOC_ARENA_MAX=1`` in the worker's environment (glibc: one malloc arena, so the
+    allocation threads do not each keep their own freed activation buffers)."""
+    out: dict[str, Any] = {}
+    for label, env in (("default", {}), ("malloc_arena_max_1", {"MALLOC_ARENA_MAX": "1"})):
+        bench.restart_node(4, env)
+        deployment_id = f"minilm-rss-{len(out)}"
+        before_model = rss_bytes(bench.node_pid)
+        bench.deploy(deployment_id, 1, 1)
+        loaded = rss_bytes(bench.node_pid)
+        one = bench.peak_rss("rss-1", deployment_id, connections=32)
+        bench.update(deployment_id, 4)
+        four = bench.peak_rss("rss-4", deployment_id, connections=32)
+        four_full = bench.peak_rss("rss-4", deployment_id, connections=128)
+        bench.stop(deployment_id)
+        bench.log(f"worker RSS ({label}): {one / 2**20:.0f} MiB with 1 allocation, {four / 2**20:.0f} MiB with 4, "
+                  f"{four_full / 2**20:.0f} MiB with 4 at c=128")  # fmt: skip
+        out[label] = {
+            "worker_rss_before_model_bytes": before_model,
+            "worker_rss_model_loaded_bytes": loaded,
+            "worker_rss_1_allocation_bytes": one,
+            "worker_rss_4_allocations_bytes": four,
+            "worker_rss_4_allocations_c128_bytes": four_full,
+            "ratio": round(four / one, 3),
+            "ratio_c128": round(four_full / one, 3),
+        }
+    return out
+
+
+def latency_layout_phase(bench: Bench) -> dict[str, Any]:
+    """Concurrency 1 on one allocation with every thread (the latency layout)."""
+    total = bench.plan.total_threads
+    deployment_id = "minilm-latency"
+    bench.deploy(deployment_id, 1, total)
+    result = bench.wrk("latency", deployment_id, connections=1, duration_s=bench.plan.e2e_s)
     bench.stop(deployment_id)
-    bench.log(f"worker RSS: {one / 2**20:.0f} MiB with 1 allocation, {four / 2**20:.0f} MiB with 4")
-    return {
-        "worker_rss_before_model_bytes": idle_before_load,
-        "worker_rss_1_allocation_bytes": one,
-        "worker_rss_4_allocations_bytes": four,
-        "ratio": round(four / one, 3),
-    }
+    result["layout"] = f"1x{total}"
+    return result
 
 
-def cluster_phase(plan: Plan, traced: Any, texts_file: Path, log: Callable[[str], None]) -> dict[str, Any]:
+SWEEP: tuple[tuple[int, int, float], ...] = (  # (max_batch_size, max_batch_tokens, batch_wait_ms)
+    (1, 8192, 0.0),
+    (8, 8192, 0.0),
+    (16, 8192, 0.0),
+    (32, 8192, 0.0),
+    (64, 8192, 0.0),
+    (32, 2048, 0.0),
+    (32, 8192, 2.0),
+    (32, 8192, 5.0),
+)
+
+
+def sweep_phase(bench: Bench) -> list[dict[str, Any]]:
+    """The batching knobs, one worker restart per setting: c=32 throughput and c=1 latency."""
+    plan = bench.plan
+    out: list[dict[str, Any]] = []
+    for size, tokens, wait_ms in SWEEP:
+        env = {"INFERQ_MAX_BATCH_SIZE": str(size), "INFERQ_MAX_BATCH_TOKENS": str(tokens),
+               "INFERQ_BATCH_WAIT_MS": f"{wait_ms:g}"}  # fmt: skip
+        bench.restart_node(plan.total_threads, env)
+        deployment_id = f"minilm-sweep-{len(out)}"
+        bench.deploy(deployment_id, plan.allocations, plan.threads)
+        c32 = bench.wrk("sweep32", deployment_id, connections=32, duration_s=plan.short_s)
+        c1 = bench.wrk("sweep1", deployment_id, connections=1, duration_s=plan.short_s)
+        bench.stop(deployment_id)
+        out.append({"max_batch_size": size, "max_batch_tokens": tokens, "batch_wait_ms": wait_ms,
+                    "c32": c32, "c1": c1})  # fmt: skip
+    return out
+
+
+def cluster_phase(plan: Plan, traced: Any, texts_file: Path, log: Callable[[str], None], *, sweep: bool) -> dict[str, Any]:
     with redis_server() as (redis_url, redis_pid), tempfile.TemporaryDirectory(prefix="inferq-bench-models-") as models:
-        env = {"INFERQ_HEARTBEAT_TTL_S": "30", "INFERQ_MODEL_DIR": models}
+        # a long heartbeat TTL: the worker is paused (SIGSTOP) while 429s are measured
+        env = {"INFERQ_HEARTBEAT_TTL_S": "60", "INFERQ_MODEL_DIR": models}
         with local_cluster(redis_url, nodes=[(NODE_ID, plan.total_threads)], env=env) as cluster:
             client = redis.Redis.from_url(cluster.redis_url)
             try:
@@ -537,9 +606,12 @@ def cluster_phase(plan: Plan, traced: Any, texts_file: Path, log: Callable[[str]
                 upload(cluster, MODEL_ID, traced)
                 bench = Bench(plan, cluster, client, redis_pid, texts_file, log)
                 out = e2e_phase(bench)
+                out["latency_layout"] = latency_layout_phase(bench)
                 out["reject"] = reject_phase(bench)
                 out["allocations_no_batching"] = allocations_phase(bench)
                 out["memory"] = memory_phase(bench)
+                if sweep:
+                    out["sweep"] = sweep_phase(bench)
                 return out
             finally:
                 client.close()
@@ -614,11 +686,17 @@ def evaluate(plan: Plan, results: dict[str, Any]) -> list[Target]:
     ratio_target("e2e c=32 vs hand-written baseline c=32", c32["throughput_per_s"], base32["throughput_per_s"],
                  E2E_VS_BASELINE_MIN, "req/s", "baseline")  # fmt: skip
 
-    solo = raw["solo_latency"][str(plan.threads)]["p50_ms"]
-    c1 = e2e["distinct"]["1"]["latency_ms"]["p50"]
-    allowed = solo + C1_LATENCY_SLACK_MS
-    targets.append(Target("e2e c=1 p50 latency", f"{c1:.2f} ms (raw batch-1 alone {solo:.2f} ms, +{c1 - solo:.2f})",
-                          f"<= raw + {C1_LATENCY_SLACK_MS:g} ms = {allowed:.2f} ms", allowed / c1, c1 <= allowed))  # fmt: skip
+    latency_runs = [(layout, plan.threads, e2e["distinct"]["1"])]
+    if "latency_layout" in e2e:
+        latency_runs.append((e2e["latency_layout"]["layout"], plan.total_threads, e2e["latency_layout"]))
+    for name, threads, run in latency_runs:
+        solo = raw["solo_latency"][str(threads)]["p50_ms"]
+        c1 = run["latency_ms"]["p50"]
+        allowed = solo + C1_LATENCY_SLACK_MS
+        targets.append(Target(
+            f"e2e c=1 p50 latency, {name} allocations", f"{c1:.2f} ms (raw batch-1 alone, {threads} thread(s): {solo:.2f} ms, +{c1 - solo:.2f})",
+            f"<= raw + {C1_LATENCY_SLACK_MS:g} ms = {allowed:.2f} ms", allowed / c1, c1 <= allowed,
+        ))  # fmt: skip
 
     hits = e2e["hits"]
     best_hits = max(hits.values(), key=lambda r: r["throughput_per_s"])
@@ -656,11 +734,11 @@ def evaluate(plan: Plan, results: dict[str, Any]) -> list[Target]:
     ratio_target("2 vs 1 allocations x 1 thread, batching off (c=8)", nob["2x1"]["throughput_per_s"],
                  nob["1x1"]["throughput_per_s"], TWO_ALLOCATIONS_MIN, "req/s", "1 allocation")  # fmt: skip
 
-    memory = e2e["memory"]
-    targets.append(Target("worker RSS, 4 allocations vs 1",
-                          f"{memory['worker_rss_4_allocations_bytes'] / 2**20:.0f} MiB vs "
-                          f"{memory['worker_rss_1_allocation_bytes'] / 2**20:.0f} MiB = {memory['ratio']:.2f}x",
-                          "<= 1.2x", 1.2 / memory["ratio"], memory["ratio"] <= 1.2))  # fmt: skip
+    for label, memory in e2e["memory"].items():
+        targets.append(Target(f"worker peak RSS, 4 allocations vs 1 (c=32, {label})",
+                              f"{memory['worker_rss_4_allocations_bytes'] / 2**20:.0f} MiB vs "
+                              f"{memory['worker_rss_1_allocation_bytes'] / 2**20:.0f} MiB = {memory['ratio']:.2f}x",
+                              "<= 1.2x", 1.2 / memory["ratio"], memory["ratio"] <= 1.2))  # fmt: skip
     return targets
 
 
@@ -699,9 +777,38 @@ def render_table(plan: Plan, results: dict[str, Any], targets: Sequence[Target])
     lines.append(f"  served {check['responses_200']} x 200, cache_hit_count +{check['cache_hit_count_delta']}, "
                  f"inference_count +{check['inference_count_delta']}")  # fmt: skip
     lines.append("")
-    c32 = results["e2e"]["distinct"]["32"]["redis_per_request"]
-    lines.append("Redis per request at c=32 (net of idle background; commands run inside scripts included):")
-    lines.append("  " + ", ".join(f"{k} {v:g}" for k, v in c32.items()))
+    for c in (1, 32):
+        per_request = results["e2e"]["distinct"][str(c)]["redis_per_request"]
+        lines.append(f"Redis per request, distinct texts, c={c} (net of the idle background; commands run inside scripts included):")
+        lines.append("  " + ", ".join(f"{k} {v:g}" for k, v in per_request.items()))
+    background = results["e2e"]["background_redis_per_s"]
+    lines.append(f"idle background: {background.get('commands_processed', 0):.0f} commands/s, "
+                 f"{background.get('cmd:publish', 0):.0f} PUBLISH/s")  # fmt: skip
+    if background.get("commands_processed", 0) > 200:
+        lines.append("  WARNING: an idle cluster should issue a few commands/s; this much is a control-plane loop "
+                     "stealing CPU from the forward passes (docs/benchmarks.md)")  # fmt: skip
+    lines.append("")
+    memory = results["e2e"]["memory"]
+    lines.append("worker RSS, MiB (peak while serving):")
+    for label, m in memory.items():
+        lines.append(f"  {label:<20} torch only {m['worker_rss_before_model_bytes'] / 2**20:5.0f}, model loaded "
+                     f"{m['worker_rss_model_loaded_bytes'] / 2**20:5.0f}, 1 allocation {m['worker_rss_1_allocation_bytes'] / 2**20:5.0f}, "
+                     f"4 allocations {m['worker_rss_4_allocations_bytes'] / 2**20:5.0f} (c=128: {m['worker_rss_4_allocations_c128_bytes'] / 2**20:.0f})")  # fmt: skip
+    if "latency_layout" in results["e2e"]:
+        run = results["e2e"]["latency_layout"]
+        lines.append(f"c=1 on the latency layout ({run['layout']} allocations): {run['throughput_per_s']:.1f}/s, "
+                     f"p50 {run['latency_ms']['p50']:.2f} ms, p99 {run['latency_ms']['p99']:.2f} ms")  # fmt: skip
+    nob = results["e2e"]["allocations_no_batching"]
+    lines.append(f"batching off, c=8: 1x1 {nob['1x1']['throughput_per_s']:.1f}/s, 2x1 {nob['2x1']['throughput_per_s']:.1f}/s")
+    if "sweep" in results["e2e"]:
+        lines.append("")
+        lines.append(f"batching knobs ({plan.allocations}x{plan.threads} allocations): max_batch_size / max_batch_tokens / batch_wait_ms")
+        lines.append(f"  {'size':>5} {'tokens':>7} {'wait':>5}  {'c=32 /s':>8} {'p50':>8} {'p99':>8}  {'c=1 p50':>8} {'p99':>8}")
+        for row in results["e2e"]["sweep"]:
+            c32, c1 = row["c32"], row["c1"]
+            lines.append(f"  {row['max_batch_size']:>5} {row['max_batch_tokens']:>7} {row['batch_wait_ms']:>5g}  "
+                         f"{c32['throughput_per_s']:>8.1f} {c32['latency_ms']['p50']:>8.1f} {c32['latency_ms']['p99']:>8.1f}  "
+                         f"{c1['latency_ms']['p50']:>8.2f} {c1['latency_ms']['p99']:>8.2f}")  # fmt: skip
     lines.append("")
     lines.append(f"{'target':<52} {'measured':<62} {'goal':<38} {'x goal':>7}  met")
     for t in targets:
@@ -791,6 +898,7 @@ def main(argv: list[str] | None = None) -> int:
         "scheduler autogroup the same (negative: root only); on a shared machine, -10 keeps other "
         "work from skewing the ratios",
     )  # fmt: skip
+    parser.add_argument("--sweep", action="store_true", help="also measure the batching knobs (one worker restart each)")
     parser.add_argument("--skip-baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     with scheduling_priority(args.nice):
@@ -851,7 +959,7 @@ def run(args: argparse.Namespace) -> int:
         texts_file = write_texts(Path(work) / "texts.txt", texts)
         results["workload"] = {"texts": len(texts), "words_per_text": "8-40", "mean_chars": round(sum(map(len, texts)) / len(texts), 1)}
         results["raw"] = raw_phase(plan, traced, texts, log)
-        results["e2e"] = cluster_phase(plan, traced, texts_file, log)
+        results["e2e"] = cluster_phase(plan, traced, texts_file, log, sweep=args.sweep)
         if args.skip_baseline:
             results["baseline"] = {str(c): {"throughput_per_s": float("nan"), "latency_ms": {"p50": float("nan"), "p99": float("nan")}} for c in plan.concurrencies}
         else:

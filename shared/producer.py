@@ -38,7 +38,7 @@ from shared.cache import cache_digest
 from shared.cluster_view import DeploymentView, ViewWatcher
 from shared.errors import Conflict, InferqError, NotFound, QueueFull, RequestTimeout
 from shared.queue import DISPATCH, DISPATCH_FULL, DISPATCH_HIT
-from shared.redis_conn import async_client
+from shared.redis_conn import as_bytes, async_client
 from shared.routing import rank_nodes
 from shared.units import format_time_ms
 from shared.wire import InferReply, InferRequest, WireError
@@ -417,7 +417,8 @@ class Producer:
                 if item is None:
                     continue
                 for raw in item[1]:
-                    self._deliver(raw)
+                    if isinstance(raw, (bytes, str)):
+                        self._deliver(as_bytes(raw))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep serving: Redis hiccups must not kill the reply path

@@ -33,6 +33,7 @@ from redis.exceptions import NoScriptError
 from shared import keys
 from shared.errors import InferenceFailed, InferqError
 from shared.queue import COMPLETE, REQUEUE, TAKE
+from shared.redis_conn import as_bytes
 from shared.wire import InferReply, InferRequest, WireError
 from workers.runtime import LoadedModel
 from workers.tasks import Prepared
@@ -40,6 +41,7 @@ from workers.tasks import Prepared
 log = logging.getLogger(__name__)
 
 REPLY_TTL_S = 120
+POP_TIMEOUT_S = 0.5  # how long a pop blocks before the loop looks at stop/drain again (redis-py types it int)
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,8 @@ class Allocation(threading.Thread):
                     if pipelined_take:
                         items = self._pop_and_take(client, take, limits.max_batch_size - 1)
                     else:
-                        raw = client.blmove(self.queue_key, self.processing_key, 0.5, "RIGHT", "LEFT")
-                        items = [] if raw is None else [raw]
+                        raw = client.blmove(self.queue_key, self.processing_key, POP_TIMEOUT_S, "RIGHT", "LEFT")  # type: ignore[arg-type]
+                        items = [] if raw is None else [as_bytes(raw)]
                         if items and limits.max_batch_size > 1:
                             time.sleep(limits.batch_wait_ms / 1000)
                             items += take(keys=[self.queue_key, self.processing_key], args=[limits.max_batch_size - 1])
@@ -151,9 +153,9 @@ class Allocation(threading.Thread):
             self.on_exit(self)
 
     def _pop_and_take(self, client: redis.Redis, take: Any, more: int) -> list[bytes]:
-        """BLMOVE the oldest request (waiting up to 0.5 s) and TAKE up to ``more``, one round trip."""
+        """BLMOVE the oldest request (waiting up to POP_TIMEOUT_S) and TAKE up to ``more``, one round trip."""
         pipe = client.pipeline(transaction=False)
-        pipe.blmove(self.queue_key, self.processing_key, 0.5, "RIGHT", "LEFT")
+        pipe.blmove(self.queue_key, self.processing_key, POP_TIMEOUT_S, "RIGHT", "LEFT")  # type: ignore[arg-type]
         pipe.evalsha(take.sha, 2, self.queue_key, self.processing_key, more)
         raw, taken = pipe.execute(raise_on_error=False)
         if isinstance(raw, Exception):

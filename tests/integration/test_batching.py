@@ -23,6 +23,8 @@ import redis
 
 from shared import keys, task_config
 from shared.model_store import read_vocabulary
+from shared.redis_conn import as_bytes
+from shared.redis_conn import text as reply_text
 from shared.wire import InferReply, InferRequest
 from tests.cluster import LocalCluster, http, infer, local_cluster, start, upload
 from workers.allocation import token_chunks
@@ -83,7 +85,7 @@ def counters(cluster: LocalCluster) -> dict[str, int]:
         raw = client.hgetall(keys.stats(MODEL, NODE))
     finally:
         client.close()
-    return {k.decode(): int(float(v)) for k, v in raw.items() if k.decode().endswith("_count")}
+    return {reply_text(k): int(float(v)) for k, v in raw.items() if reply_text(k).endswith("_count")}
 
 
 def wait_for_counter(cluster: LocalCluster, name: str, value: int) -> int:
@@ -130,7 +132,9 @@ def test_queued_requests_form_token_bounded_chunks_and_skip_the_expired(clusters
     batched, single = clusters
     client = redis.Redis.from_url(batched.redis_url)
     try:
-        doc = json.loads(client.get(keys.deployment(MODEL)))
+        raw_doc = client.get(keys.deployment(MODEL))
+        assert raw_doc is not None
+        doc = json.loads(raw_doc)
         vocabulary = read_vocabulary(client, MODEL)
         config = task_config.resolve_request_config(doc["inference_config"], None, model_id=MODEL)
         texts = mixed_texts("queued", 13)
@@ -159,7 +163,7 @@ def test_queued_requests_form_token_bounded_chunks_and_skip_the_expired(clusters
         while len(replies) < len(live) and time.monotonic() < deadline:
             item = client.blpop([reply_to], timeout=1)
             if item is not None:
-                reply = InferReply.unpack(item[1])
+                reply = InferReply.unpack(as_bytes(item[1]))
                 replies[reply.id] = reply
         time.sleep(BATCH_WAIT_MS / 1000)
         leftovers = [msgpack.unpackb(raw)["id"] for raw in client.lrange(reply_to, 0, -1)]

@@ -39,6 +39,7 @@ def cluster(redis_url: str, tiny_embedding_model: Any) -> Iterator[LocalCluster]
         start(running, "tiny", "number_of_allocations=2&wait_for=fully_allocated")
         start(running, "tiny", "deployment_id=tiny-nocache&number_of_allocations=2&cache_size=0b&wait_for=fully_allocated")
         start(running, "tiny", f"deployment_id=tiny-small&queue_capacity={SMALL_QUEUE}&cache_size=0b&wait_for=started")
+        time.sleep(1.5)  # past the gateway's view refresh (1 s): it routes over every started node
         yield running
 
 

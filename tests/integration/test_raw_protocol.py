@@ -164,6 +164,7 @@ def cluster(redis_url: str, tiny_embedding_model: Any) -> Iterator[LocalCluster]
     with local_cluster(redis_url, nodes=[("node-1", 1), ("node-2", 1)]) as running:
         upload(running, "tiny", tiny_embedding_model)
         start(running, "tiny", f"deployment_id={DEPLOYMENT}&number_of_allocations=2&wait_for=fully_allocated")
+        time.sleep(1.5)  # past the gateway's view refresh (1 s): it routes over both nodes, as we do
         yield running
 
 
