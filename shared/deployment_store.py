@@ -12,8 +12,8 @@ planner's targets and the control plane's changes never race; routes have one wr
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis

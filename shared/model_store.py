@@ -21,8 +21,8 @@ import redis
 import redis.asyncio as aioredis
 
 from shared import keys
-from shared.redis_conn import as_bytes, text
 from shared.errors import BadRequest, NotFound, ResourceAlreadyExists, model_not_found
+from shared.redis_conn import as_bytes, text
 
 MODEL_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_\-\.]*[a-z0-9])?$")
 MAX_ID_LENGTH = 64

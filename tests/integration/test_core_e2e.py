@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import concurrent.futures
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
