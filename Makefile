@@ -20,7 +20,8 @@ bench: setup
 	$(BIN)/python -m benchmarks.throughput
 
 lint: setup
-	$(BIN)/ruff check gateway workers shared tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/mypy shared gateway workers
 
 clean:
 	rm -rf $(VENV) .pytest_cache benchmarks/results
