@@ -143,6 +143,16 @@ def ensure_demo_model(base_url: str) -> None:
     already = status == 400 and "existing deployment" in json.dumps(body)
     if status != 200 and not already:
         raise SystemExit(f"inferq: starting the demo deployment failed: {status} {body}")
+    if already:  # deployed by an earlier run against this Redis: wait until it serves again
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            _, stats = _http("GET", f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}/_stats")
+            entries = stats.get("trained_model_stats") if isinstance(stats, dict) else None
+            deployment = (entries or [{}])[0].get("deployment_stats", {})
+            if deployment.get("allocation_status", {}).get("state") in ("started", "fully_allocated"):
+                return
+            time.sleep(0.2)
+        raise SystemExit("inferq: the demo deployment did not start within 120s")
 
 
 def run_cluster(
