@@ -46,7 +46,7 @@ POP_TIMEOUT_S = 0.5  # how long a pop blocks before the loop looks at stop/drain
 
 @dataclass(frozen=True)
 class BatchLimits:
-    max_batch_size: int = 32
+    max_batch_size: int = 8
     max_batch_tokens: int = 8192
     batch_wait_ms: float = 0.0
 
