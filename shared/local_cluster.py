@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 DEMO_MODEL_ID = "all-minilm-l6-v2"
 GRACE_S = 15.0
@@ -110,7 +111,7 @@ def _wait_http(url: str, timeout_s: float) -> None:
     raise SystemExit(f"inferq: {url} did not answer within {timeout_s:.0f}s")
 
 
-def _http(method: str, url: str, body: dict[str, object] | None = None, timeout_s: float = 120) -> tuple[int, dict[str, object]]:
+def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout_s: float = 120) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
@@ -118,6 +119,12 @@ def _http(method: str, url: str, body: dict[str, object] | None = None, timeout_
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _demo_serving(stats: dict[str, Any]) -> bool:
+    entries = stats.get("trained_model_stats") or [{}]
+    deployment = entries[0].get("deployment_stats", {}) if isinstance(entries, list) else {}
+    return deployment.get("allocation_status", {}).get("state") in ("started", "fully_allocated")
 
 
 def ensure_demo_model(base_url: str) -> None:
@@ -147,9 +154,7 @@ def ensure_demo_model(base_url: str) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             _, stats = _http("GET", f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}/_stats")
-            entries = stats.get("trained_model_stats") if isinstance(stats, dict) else None
-            deployment = (entries or [{}])[0].get("deployment_stats", {})
-            if deployment.get("allocation_status", {}).get("state") in ("started", "fully_allocated"):
+            if _demo_serving(stats):
                 return
             time.sleep(0.2)
         raise SystemExit("inferq: the demo deployment did not start within 120s")
