@@ -49,6 +49,7 @@ class DeploymentRunner:
         self.reason = ""
         self.started_ms = now_ms()
         self.target = 0
+        self.reported: RouteStatus | None = None
         self.closing = False  # draining or stopping: no new allocations
         self.next_index = 0
         self.loader = threading.Thread(target=self._load, name=f"load-{self.deployment_id}", daemon=True)
@@ -158,8 +159,11 @@ class DeploymentRunner:
             started_ms=self.started_ms,
             threads_per_allocation=self.threads,
         )
+        if status == self.reported:
+            return  # a report publishes an event that wakes every reconcile loop: only on change
         try:
             self.node.store.set_route(self.deployment_id, self.node.node_id, status)
+            self.reported = status
         except redis.RedisError as exc:
             log.warning("could not report route of %s: %s", self.deployment_id, exc)
 
