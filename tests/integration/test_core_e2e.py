@@ -154,7 +154,12 @@ def test_waiting_requests_share_a_fixed_number_of_connections(cluster: LocalClus
             futures = [pool.submit(infer, cluster, "tiny-emb", [f"waiting request {i}"]) for i in range(60)]
             client = redis.Redis.from_url(cluster.redis_url)
             deadline = time.monotonic() + 10
-            while sum(client.llen(k) for k in client.scan_iter(match="inferq:dn:{tiny-emb|*}:queue")) < 60:
+            # a paused worker's pending BLMOVE is still served by Redis: count processing lists too
+            while sum(
+                client.llen(k)
+                for pattern in ("inferq:dn:{tiny-emb|*}:queue", "inferq:dn:{tiny-emb|*}:processing:*")
+                for k in client.scan_iter(match=pattern)
+            ) < 60:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             gateway_connections = [c for c in client.client_list() if c.get("name") == "inferq-gateway"]
