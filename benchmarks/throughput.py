@@ -23,7 +23,9 @@ deltas on the private server, minus the idle background rate). The table prints 
 ratio and whether it is met; JSON goes to ``benchmarks/results/throughput.json`` and the chart
 to ``docs/benchmark.png``.
 
-    python -m benchmarks.throughput [--quick] [--layout 2x1] [--json PATH] [--chart PATH]
+    python -m benchmarks.throughput [--quick] [--nice -10] [--sweep] [--layout 2x1] [--json PATH] [--chart PATH]
+
+docs/benchmarks.md explains the numbers, the targets that are not met and why, and the knobs.
 """
 
 from __future__ import annotations
@@ -756,7 +758,7 @@ def render_table(plan: Plan, results: dict[str, Any], targets: Sequence[Target])
     lines.append("")
     lines.append(f"end to end (HTTP _infer, distinct texts, {plan.allocations} x {plan.threads} allocations) vs baseline")
     lines.append(f"  {'conc':>5} {'inferq/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'baseline/s':>11} {'b p50 ms':>9} "
-                 f"{'ratio':>6} {'wrk core':>9} {'gw ms/req':>10} {'wk ms/req':>10} {'redis rt/req':>13}")  # fmt: skip
+                 f"{'ratio':>6} {'wrk core':>9} {'gw ms/req':>10} {'wk ms/req':>10} {'redis rd/req':>13}")  # fmt: skip
     for c in plan.concurrencies:
         e = results["e2e"]["distinct"][str(c)]
         b = results["baseline"][str(c)]

@@ -192,7 +192,7 @@ def run_cluster(
         if _port_open("127.0.0.1", port):
             raise SystemExit(f"inferq: port {port} is already in use")
         python = sys.executable
-        env = {"INFERQ_REDIS_URL": url}
+        env = {"INFERQ_REDIS_URL": url, "MALLOC_ARENA_MAX": "1"}  # one malloc arena: allocations share memory
         supervisor.spawn("gateway", [python, "-m", "shared.cli", "gateway", "--port", str(port)], env)
         for i in range(1, nodes + 1):
             supervisor.spawn(

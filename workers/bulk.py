@@ -18,7 +18,7 @@ Fairness to interactive ``_infer`` traffic (both bounds hold per job; see ``Bulk
   documents of a job are in flight at once (dispatched and not yet answered), in chunks of
   ``chunk_docs``; routing spreads them over the nodes by allocations, so an interactive request
   queues behind about ``window_docs_per_allocation`` bulk documents per allocation, whatever the
-  cluster's size: one small batch (the allocation batches up to ``max_batch_size``, 32).
+  cluster's size: one small batch (the allocation batches up to ``max_batch_size``, 8 by default).
 - **queue share**: a chunk is pushed with ``Producer.infer(..., queue_limit=share × capacity)``:
   the ``DISPATCH`` script refuses a bulk document once that node's queue holds
   ``queue_share × queue_capacity`` items (atomically, in the same script as the push), so bulk
