@@ -22,7 +22,7 @@ def test_round_trip_of_what_rq_stores() -> None:
 
 
 # what pickle.dumps({"a": 1}) produces (protocol 4), spelled out so the test imports no pickle
-PICKLED_DICT = b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s."
+PICKLED_DICT = b"\x80\x04\x95\x0a\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s."
 
 
 def test_refuses_what_msgpack_cannot_carry_and_never_unpickles() -> None:
