@@ -64,7 +64,7 @@ from benchmarks.common import (
 )
 from shared.redis_conn import text as reply_text
 from tests.cluster import LocalCluster, http, local_cluster, start, upload, wait_http
-from tests.redis_server import free_port
+from tests.redis_server import free_port, redis_server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "throughput.json"
@@ -257,35 +257,6 @@ def raw_limit(raw: dict[str, Any], allocations: int, threads: int) -> dict[str, 
 
 
 # ---- 2. the cluster ----------------------------------------------------------------------------
-
-
-@contextmanager
-def redis_server() -> Iterator[tuple[str, int]]:
-    """A private redis-server (its INFO counters are ours alone): (url, pid)."""
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="inferq-bench-redis-")
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        yield url, proc.pid
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @dataclass
@@ -598,7 +569,7 @@ def sweep_phase(bench: Bench) -> list[dict[str, Any]]:
 
 
 def cluster_phase(plan: Plan, traced: Any, texts_file: Path, log: Callable[[str], None], *, sweep: bool) -> dict[str, Any]:
-    with redis_server() as (redis_url, redis_pid), tempfile.TemporaryDirectory(prefix="inferq-bench-models-") as models:
+    with redis_server_process() as (redis_url, redis_pid), tempfile.TemporaryDirectory(prefix="inferq-bench-models-") as models:
         # a long heartbeat TTL: the worker is paused (SIGSTOP) while 429s are measured
         env = {"INFERQ_HEARTBEAT_TTL_S": "60", "INFERQ_MODEL_DIR": models}
         with local_cluster(redis_url, nodes=[(NODE_ID, plan.total_threads)], env=env) as cluster:

@@ -26,6 +26,13 @@ def private_redis() -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
+    with redis_server_process() as (url, _):
+        yield url
+
+
+@contextmanager
+def redis_server_process() -> Iterator[tuple[str, int]]:
+    """Always a fresh redis-server of our own (its INFO counters are ours alone): (url, pid)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not on PATH (make test installs it)")
@@ -48,7 +55,7 @@ def private_redis() -> Iterator[str]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
                 time.sleep(0.05)
-        yield url
+        yield url, proc.pid
     finally:
         client.close()
         proc.terminate()

@@ -21,7 +21,7 @@ def test_round_trip_of_what_rq_stores() -> None:
     assert (func_name, instance, args, kwargs) == ("workers.bulk.run_bulk_job", None, ["dep", {"docs": [{"text_field": "é 東京"}]}], {"k": 1})
 
 
-# what pickle.dumps({"a": 1}) produces (protocol 4), spelled out so the test imports no pickle
+# the bytes Python's pickle module writes for {"a": 1} (protocol 4), spelled out: no pickle here
 PICKLED_DICT = b"\x80\x04\x95\x0a\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s."
 
 
