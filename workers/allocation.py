@@ -1,19 +1,22 @@
 """One allocation: a thread that serves one batch at a time with its own torch threads.
 
-Loop: ``BLMOVE`` the oldest request into this allocation's processing list, ``TAKE`` up to
-``max_batch_size - 1`` more (dynamic batching: whatever queued up while the previous batch ran;
-without a batch wait both go in one pipelined round trip), skip the ones whose deadline has
-passed, run one padded forward pass per token-bounded chunk, then in one pipelined round trip:
-push the replies onto their producers' reply lists and run ``COMPLETE`` (cache the results,
-record stats, drop the processing list). A crash between the pop and ``COMPLETE`` leaves the
-items in the processing list, from where they are requeued (at-least-once; producers ignore
-duplicate replies). Two round trips per batch, whatever its size.
+Loop: ``BLMOVE`` the oldest request into this allocation's processing list and ``TAKE`` up to
+``max_take - 1`` more (dynamic batching: whatever queued up while the previous batch ran, at
+most this allocation's share of the queue, so a burst spreads over the node's allocations;
+without a batch wait both go in one pipelined round trip). Requests whose deadline has passed
+are skipped; the rest are sorted by length and run in forward passes of similar lengths
+(``workers.batch_plan``: on a CPU a padded token costs as much as a real one). Each pass's
+replies go out as soon as it ends; the last pass's go in one pipelined round trip with
+``COMPLETE`` (cache the results, record stats, drop the processing list). A crash between the
+pop and ``COMPLETE`` leaves the items in the processing list, from where they are requeued
+(at-least-once; producers ignore duplicate replies).
 
-Knobs (``WorkerSettings``, docs/benchmarks.md): ``INFERQ_MAX_BATCH_SIZE`` (documents per batch;
-1 turns batching off), ``INFERQ_MAX_BATCH_TOKENS`` (padded tokens per forward pass: a batch
-is split into chunks of at most this many rows × longest row), ``INFERQ_BATCH_WAIT_MS`` (sleep
-after the first pop so more requests can join; 0 by default: under load the queue fills while
-the previous batch runs, and when idle a wait is pure latency).
+Knobs (``WorkerSettings``, docs/benchmarks.md): ``INFERQ_MAX_BATCH_SIZE`` (documents per
+forward pass; 1 turns batching off), ``INFERQ_MAX_TAKE`` (documents taken off the queue at
+once), ``INFERQ_MAX_BATCH_TOKENS`` (padded tokens per forward pass), ``INFERQ_MAX_PADDING``
+(share of a pass's tokens that may be padding), ``INFERQ_BATCH_WAIT_MS`` (sleep after the
+first pop so more requests can join; 0 by default: under load the queue fills while the
+previous batch runs, and when idle a wait is pure latency).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -35,6 +38,7 @@ from shared.errors import InferenceFailed, InferqError
 from shared.queue import COMPLETE, REQUEUE, TAKE
 from shared.redis_conn import as_bytes
 from shared.wire import InferReply, InferRequest, WireError
+from workers.batch_plan import ChunkLimits, Shape, plan_chunks, take_count
 from workers.runtime import LoadedModel
 from workers.tasks import Prepared
 
@@ -49,6 +53,16 @@ class BatchLimits:
     max_batch_size: int = 8
     max_batch_tokens: int = 8192
     batch_wait_ms: float = 0.0
+    max_take: int = 32
+    max_padding: float = 0.25
+
+    @property
+    def take(self) -> int:
+        return take_count(self.max_take, self.max_batch_size)
+
+    @property
+    def chunks(self) -> ChunkLimits:
+        return ChunkLimits(self.max_batch_size, self.max_batch_tokens, self.max_padding)
 
 
 @dataclass(frozen=True)
@@ -60,32 +74,11 @@ class AllocationContext:
     cache_policy: str
     start_ms: int
     limits: BatchLimits
+    peers: Callable[[], int] = lambda: 1  # allocations serving this queue now (this one included)
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def token_chunks(lengths: Sequence[int], max_tokens: int, max_size: int) -> list[list[int]]:
-    """Split item indices into chunks whose padded size (count × longest) stays within budget.
-
-    Items are kept in order; a single item larger than the budget forms its own chunk.
-    """
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i, length in enumerate(lengths):
-        candidate_longest = max(longest, length)
-        if current and (
-            (len(current) + 1) * candidate_longest > max_tokens or len(current) >= max_size
-        ):
-            chunks.append(current)
-            current, candidate_longest = [], length
-        current.append(i)
-        longest = candidate_longest
-    if current:
-        chunks.append(current)
-    return chunks
 
 
 class Allocation(threading.Thread):
@@ -119,7 +112,8 @@ class Allocation(threading.Thread):
         limits = self.context.limits
         # Without a batch wait, the pop and the TAKE of the rest of the batch go in one round
         # trip: Redis runs the pipelined TAKE as soon as the BLMOVE returns.
-        pipelined_take = limits.max_batch_size > 1 and limits.batch_wait_ms <= 0
+        more = limits.take - 1
+        pipelined_take = more > 0 and limits.batch_wait_ms <= 0
         recovering = True  # first pass: put back whatever a previous failure left in our list
         try:
             while not self.stop_requested.is_set():
@@ -128,13 +122,13 @@ class Allocation(threading.Thread):
                         requeue(keys=[self.processing_key, self.queue_key])
                         recovering = False
                     if pipelined_take:
-                        items = self._pop_and_take(client, take, limits.max_batch_size - 1)
+                        items = self._pop_and_take(client, take, more)
                     else:
                         raw = client.blmove(self.queue_key, self.processing_key, POP_TIMEOUT_S, "RIGHT", "LEFT")  # type: ignore[arg-type]
                         items = [] if raw is None else [as_bytes(raw)]
-                        if items and limits.max_batch_size > 1:
+                        if items and more > 0:
                             time.sleep(limits.batch_wait_ms / 1000)
-                            items += take(keys=[self.queue_key, self.processing_key], args=[limits.max_batch_size - 1])
+                            items += take(keys=[self.queue_key, self.processing_key], args=[more, self.context.peers()])
                     if not items:
                         if self.drain_requested.is_set():
                             break
@@ -156,12 +150,13 @@ class Allocation(threading.Thread):
         """BLMOVE the oldest request (waiting up to POP_TIMEOUT_S) and TAKE up to ``more``, one round trip."""
         pipe = client.pipeline(transaction=False)
         pipe.blmove(self.queue_key, self.processing_key, POP_TIMEOUT_S, "RIGHT", "LEFT")  # type: ignore[arg-type]
-        pipe.evalsha(take.sha, 2, self.queue_key, self.processing_key, more)
+        peers = self.context.peers()
+        pipe.evalsha(take.sha, 2, self.queue_key, self.processing_key, more, peers)
         raw, taken = pipe.execute(raise_on_error=False)
         if isinstance(raw, Exception):
             raise raw
         if isinstance(taken, NoScriptError):  # a restarted Redis: load it, take again
-            taken = take(keys=[self.queue_key, self.processing_key], args=[more])
+            taken = take(keys=[self.queue_key, self.processing_key], args=[more, peers])
         elif isinstance(taken, Exception):
             raise taken
         return ([] if raw is None else [raw]) + list(taken)
@@ -175,85 +170,112 @@ class Allocation(threading.Thread):
             except WireError as exc:
                 log.warning("dropping malformed request: %s", exc)
         live = [r for r in requests if r.deadline_ms > now]  # nobody waits for the others any more
-        replies: list[InferReply] = []
-        cache_pairs: list[bytes | str] = []
-        time_sum = 0.0
-        ok = errors = 0
-        prepared_ok: list[tuple[InferRequest, Prepared, int]] = []
+        reply_to = {r.id: r.reply_to for r in live}
+        outcome = _BatchOutcome()
         task = self.model.task
+        prepared: list[tuple[InferRequest, Prepared]] = []
+        shapes: list[Shape] = []
         for request in live:
             try:
-                prepared = task.prepare(request.text, request.config)
-                prepared_ok.append((request, prepared, _row_tokens(prepared)))
+                doc = task.prepare(request.text, request.config)
             except InferqError as error:
-                replies.append(InferReply(request.id, self.context.node_id, error=error.to_wire()))
-                errors += 1
-        limits = self.context.limits
-        for chunk in token_chunks([p[2] for p in prepared_ok], limits.max_batch_tokens, limits.max_batch_size):
-            chunk_ms = now_ms()  # a later chunk skips whoever stopped waiting while earlier ones ran
-            batch = [prepared_ok[i] for i in chunk if prepared_ok[i][0].deadline_ms > chunk_ms]
-            if not batch:
+                outcome.fail([request], self.context.node_id, error)
                 continue
-            started = time.perf_counter()
-            try:
-                results = task.run(self.model.module, [p[1] for p in batch])
-            except InferqError as error:
-                for request, _, _ in batch:
-                    replies.append(InferReply(request.id, self.context.node_id, error=error.to_wire()))
-                errors += len(batch)
-                continue
-            except Exception as exc:  # the model failed: a 500 for these requests, the node goes on
-                log.exception("inference failed")
-                failure = InferenceFailed(f"Error in inference process: [{exc}]")
-                for request, _, _ in batch:
-                    replies.append(InferReply(request.id, self.context.node_id, error=failure.to_wire()))
-                errors += len(batch)
-                continue
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            for (request, _, _), result in zip(batch, results, strict=True):
-                body = json.dumps(result, separators=(",", ":")).encode()
-                replies.append(
-                    InferReply(
-                        request.id,
-                        self.context.node_id,
-                        result_json=body,
-                        time_ms=elapsed_ms,
-                        timings={"queue_ms": float(now - request.enqueued_ms), "batch_size": float(len(batch))},
-                    )
-                )
-                if request.digest:
-                    cache_pairs += [request.digest, body]
-                time_sum += elapsed_ms
-                ok += 1
-        by_id = {r.id: r for r in live}
+            prepared.append((request, doc))
+            shapes.append(Shape.of([len(row) for row in doc.rows]))
+        chunks = plan_chunks(shapes, self.context.limits.chunks)
+        for n, chunk in enumerate(chunks):
+            chunk_ms = now_ms()  # a later pass skips whoever stopped waiting while earlier ones ran
+            batch = [prepared[i] for i in chunk if prepared[i][0].deadline_ms > chunk_ms]
+            if batch:
+                self._run_chunk(batch, now, outcome)
+            if n < len(chunks) - 1 and outcome.replies:
+                # answer this pass now; the processing list stays until COMPLETE
+                pipe = client.pipeline(transaction=False)
+                self._push_replies(pipe, outcome.take_replies(), reply_to)
+                for result in pipe.execute(raise_on_error=False):
+                    if isinstance(result, Exception):
+                        log.warning("replying to a forward pass: %s", result)
+        self._complete(client, complete, outcome, reply_to)
+
+    def _run_chunk(self, batch: Sequence[tuple[InferRequest, Prepared]], taken_ms: int, outcome: _BatchOutcome) -> None:
+        node_id = self.context.node_id
+        requests = [request for request, _ in batch]
+        started = time.perf_counter()
+        try:
+            results = self.model.task.run(self.model.module, [doc for _, doc in batch])
+        except InferqError as error:
+            outcome.fail(requests, node_id, error)
+            return
+        except Exception as exc:  # the model failed: a 500 for these requests, the node goes on
+            log.exception("inference failed")
+            outcome.fail(requests, node_id, InferenceFailed(f"Error in inference process: [{exc}]"))
+            return
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        timings_base = {"batch_size": float(len(batch))}
+        for request, result in zip(requests, results, strict=True):
+            body = json.dumps(result, separators=(",", ":")).encode()
+            timings = {"queue_ms": float(taken_ms - request.enqueued_ms), **timings_base}
+            outcome.replies.append(InferReply(request.id, node_id, result_json=body, time_ms=elapsed_ms, timings=timings))
+            if request.digest:
+                outcome.cache_pairs += [request.digest, body]
+            outcome.time_sum_ms += elapsed_ms
+            outcome.ok += 1
+
+    @staticmethod
+    def _push_replies(pipe: Any, replies: Sequence[InferReply], reply_to: dict[str, str]) -> None:
+        """One RPUSH (and EXPIRE) per reply list."""
         by_reply_list: dict[str, list[bytes]] = {}
         for reply in replies:
-            by_reply_list.setdefault(by_id[reply.id].reply_to, []).append(reply.pack())
-        # one round trip: the replies first (one RPUSH per reply list), then COMPLETE, run as
-        # EVALSHA directly (a Script on a pipeline would add a SCRIPT EXISTS round trip)
+            by_reply_list.setdefault(reply_to[reply.id], []).append(reply.pack())
+        for key, packed in by_reply_list.items():
+            pipe.rpush(key, *packed)
+            pipe.expire(key, REPLY_TTL_S)
+
+    def _complete(self, client: redis.Redis, complete: Any, outcome: _BatchOutcome, reply_to: dict[str, str]) -> None:
+        """The last replies, then ``COMPLETE``, in one round trip (EVALSHA directly: a Script on
+        a pipeline would add a SCRIPT EXISTS round trip)."""
         pipe = client.pipeline(transaction=False)
-        for reply_to, packed in by_reply_list.items():
-            pipe.rpush(reply_to, *packed)
-            pipe.expire(reply_to, REPLY_TTL_S)
+        self._push_replies(pipe, outcome.take_replies(), reply_to)
         complete_args = [
             self.cache_prefix,
             self.context.cache_budget_bytes,
             self.context.cache_policy,
             now_ms(),
             self.context.start_ms,
-            ok,
-            time_sum,
-            errors,
-            *cache_pairs,
+            outcome.ok,
+            outcome.time_sum_ms,
+            outcome.errors,
+            *outcome.cache_pairs,
         ]
         pipe.evalsha(complete.sha, 2, self.stats_key, self.processing_key, *complete_args)
         # replies first; a failing cache write or stats update must not fail the requests
         outcomes = pipe.execute(raise_on_error=False)
         if isinstance(outcomes[-1], NoScriptError):  # a restarted Redis: load it, complete again
             outcomes[-1] = _attempt(lambda: complete(keys=[self.stats_key, self.processing_key], args=complete_args))
-        for outcome in outcomes:
-            if isinstance(outcome, Exception):
-                log.warning("completing a batch: %s", outcome)
+        for result in outcomes:
+            if isinstance(result, Exception):
+                log.warning("completing a batch: %s", result)
+
+
+@dataclass
+class _BatchOutcome:
+    """What a batch has produced so far: replies not yet sent, results to cache, counters."""
+
+    replies: list[InferReply] = field(default_factory=list)
+    cache_pairs: list[bytes | str] = field(default_factory=list)
+    time_sum_ms: float = 0.0
+    ok: int = 0
+    errors: int = 0
+
+    def fail(self, requests: Sequence[InferRequest], node_id: str, error: InferqError) -> None:
+        wire = error.to_wire()
+        self.replies += [InferReply(r.id, node_id, error=wire) for r in requests]
+        self.errors += len(requests)
+
+    def take_replies(self) -> list[InferReply]:
+        replies, self.replies = self.replies, []
+        return replies
 
 
 def _attempt(call: Callable[[], Any]) -> Any:
@@ -262,9 +284,3 @@ def _attempt(call: Callable[[], Any]) -> Any:
         return call()
     except redis.RedisError as exc:
         return exc
-
-
-def _row_tokens(prepared: Prepared) -> int:
-    """Padded size of one prepared document: rows × its longest row."""
-    rows = prepared.rows
-    return len(rows) * max((len(r) for r in rows), default=1)

@@ -3,7 +3,8 @@ answer one by one.
 
 Two clusters serve the same tiny model with the cache off: ``batched`` (one allocation,
 ``INFERQ_MAX_BATCH_SIZE=16``, a 150 ms batch wait so concurrent requests meet in one batch,
-and a small ``INFERQ_MAX_BATCH_TOKENS`` so a batch is split into padded chunks) and ``single``
+and a small ``INFERQ_MAX_BATCH_TOKENS`` and ``INFERQ_MAX_PADDING`` so a batch is split into
+forward passes by both) and ``single``
 (``INFERQ_MAX_BATCH_SIZE=1``: every request is its own forward pass).
 """
 
@@ -27,7 +28,7 @@ from shared.redis_conn import as_bytes
 from shared.redis_conn import text as reply_text
 from shared.wire import InferReply, InferRequest
 from tests.cluster import LocalCluster, http, infer, local_cluster, start, upload
-from workers.allocation import token_chunks
+from workers.batch_plan import ChunkLimits, Shape, plan_chunks
 from workers.tasks import build_task
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,7 @@ NODE = "node-1"
 MAX_BATCH_SIZE = 16
 BATCH_WAIT_MS = 150
 MAX_BATCH_TOKENS = 400
+MAX_PADDING = 0.3
 WORDS = "the quick brown fox jumps over a lazy dog in paris and london".split()
 
 
@@ -46,6 +48,7 @@ def clusters(redis_url: str, tiny_embedding_model: Any) -> Iterator[tuple[LocalC
         "INFERQ_MAX_BATCH_SIZE": str(MAX_BATCH_SIZE),
         "INFERQ_BATCH_WAIT_MS": str(BATCH_WAIT_MS),
         "INFERQ_MAX_BATCH_TOKENS": str(MAX_BATCH_TOKENS),
+        "INFERQ_MAX_PADDING": str(MAX_PADDING),
     }
     with (
         local_cluster(redis_url, nodes=[(NODE, 1)], env=batched_env) as batched,
@@ -127,7 +130,7 @@ def test_one_request_with_many_docs_is_one_batch_in_document_order(clusters: tup
 
 def test_queued_requests_form_token_bounded_chunks_and_skip_the_expired(clusters: tuple[LocalCluster, LocalCluster]) -> None:
     """Requests put on the queue in one push are taken as one batch: the replies' batch sizes
-    are exactly the chunks ``token_chunks`` makes of their padded lengths, and a request whose
+    are exactly the forward passes ``plan_chunks`` makes of their lengths, and a request whose
     deadline passed is dropped without a reply while the rest of its batch is served."""
     batched, single = clusters
     client = redis.Redis.from_url(batched.redis_url)
@@ -176,12 +179,12 @@ def test_queued_requests_form_token_bounded_chunks_and_skip_the_expired(clusters
 
     # the chunks the allocation must have made of this batch
     task = build_task(doc["inference_config"], vocabulary)
-    lengths = []
-    for request in live:
-        rows = task.prepare(request.text, request.config).rows
-        lengths.append(len(rows) * max(len(row) for row in rows))
-    chunks = token_chunks(lengths, MAX_BATCH_TOKENS, MAX_BATCH_SIZE)
-    assert len(chunks) > 1 and max(len(c) for c in chunks) > 1  # both limits are exercised here
+    shapes = [Shape.of([len(row) for row in task.prepare(r.text, r.config).rows]) for r in live]
+    chunks = plan_chunks(shapes, ChunkLimits(MAX_BATCH_SIZE, MAX_BATCH_TOKENS, MAX_PADDING))
+    assert len(chunks) > 1 and max(len(c) for c in chunks) > 1
+    # both limits split this batch: without either of them it would be fewer passes
+    for loose in (ChunkLimits(MAX_BATCH_SIZE, 10**9, MAX_PADDING), ChunkLimits(MAX_BATCH_SIZE, MAX_BATCH_TOKENS, 1.0)):
+        assert len(plan_chunks(shapes, loose)) < len(chunks)
     expected_sizes = {live[i].id: len(chunk) for chunk in chunks for i in chunk}
     assert {rid: int(r.timings["batch_size"]) for rid, r in replies.items()} == expected_sizes
 
