@@ -705,6 +705,35 @@ def test_batch_equals_one_by_one_classification(serve: Callable[..., Served]) ->
     assert_results_close(embedding.infer_batch(TEXTS, requests_e), embedding.infer_each(TEXTS, requests_e))
 
 
+MIXED_LENGTHS = [
+    "a",
+    "John Smith and Maria Garcia were in London.",
+    " ".join(["the capital of france is paris and the capital of spain is madrid"] * 8),  # truncated
+    "naïve résumé 東京 😀",
+]
+EVERY_TASK: dict[str, Mapping[str, Any] | None] = {
+    "text_embedding": None,
+    "text_expansion": None,
+    "pass_through": None,
+    "ner": None,
+    "text_classification": {"text_classification": {"num_top_classes": 2}},
+    "zero_shot_classification": {"zero_shot_classification": {"labels": ["sport", "music", "news"]}},
+    "fill_mask": {"fill_mask": {"num_top_classes": 3}},
+    "question_answering": {"question_answering": {"question": "which city?", "num_top_classes": 2}},
+    "text_similarity": {"text_similarity": {"text": "a city in europe"}},
+}
+
+
+@pytest.mark.parametrize("task_type", sorted(EVERY_TASK))
+def test_a_padded_batch_of_mixed_lengths_equals_one_by_one(serve: Callable[..., Served], task_type: str) -> None:
+    """Every task: short, long (truncated) and multi-byte texts padded into one forward pass
+    give what each gives alone (padding must never leak into a result)."""
+    served = serve(task_type, "bert")
+    texts = [f"[MASK] {t}" for t in MIXED_LENGTHS] if task_type == "fill_mask" else MIXED_LENGTHS
+    requests = [EVERY_TASK[task_type]] * len(texts)
+    assert_results_close(served.infer_batch(texts, requests), served.infer_each(texts, requests))
+
+
 # ---- the real MiniLM ----------------------------------------------------------------------------
 
 
