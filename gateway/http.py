@@ -164,12 +164,31 @@ def error_response(request: web.Request, error: InferqError) -> web.Response:
     headers = dict(PRODUCT_HEADERS)
     if error.status == 401:
         headers["WWW-Authenticate"] = 'ApiKey, Basic realm="security", charset="UTF-8"'
-    body = error.body()
-    pretty = "pretty" in request.query and request.query["pretty"] != "false"
-    text = json.dumps(body, indent=2 if pretty else None)
     if request.method == "HEAD":
         return web.Response(status=error.status, headers=headers, content_type=JSON_TYPE)
-    return web.Response(body=text.encode(), status=error.status, content_type=JSON_TYPE, headers=headers)
+    pretty = "pretty" in request.query and request.query["pretty"] != "false"
+    return web.Response(body=error_body(error, pretty), status=error.status, content_type=JSON_TYPE, headers=headers)
+
+
+_ERROR_BODIES: dict[tuple[Any, ...], bytes] = {}
+_ERROR_BODIES_MAX = 1024
+
+
+def error_body(error: InferqError, pretty: bool) -> bytes:
+    """``error.body()`` as JSON; the bodies of recent errors are kept (a full queue answers
+    every rejected request with the same one)."""
+    if type(error).body is not InferqError.body or not isinstance(error.reason, str):
+        return json.dumps(error.body(), indent=2 if pretty else None).encode()
+    cause = error.caused_by
+    key = (error.status, error.error_type, error.reason, pretty,
+           None if cause is None else (cause.error_type, cause.reason))  # fmt: skip
+    found = _ERROR_BODIES.get(key)
+    if found is None:
+        found = json.dumps(error.body(), indent=2 if pretty else None).encode()
+        if len(_ERROR_BODIES) >= _ERROR_BODIES_MAX:
+            _ERROR_BODIES.clear()
+        _ERROR_BODIES[key] = found
+    return found
 
 
 def filter_path(payload: Any, expression: str) -> Any:

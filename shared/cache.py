@@ -65,12 +65,28 @@ AUDIT_BODY = "return cache_audit(ARGV[1])"
 def cache_digest(*parts: bytes | str) -> str:
     """128-bit hex digest (blake2b) of the key material; each part is length-framed, so
     ``("ab", "c")`` and ``("a", "bc")`` differ. ``str`` parts are hashed as UTF-8."""
-    h = hashlib.blake2b(digest_size=16)
+    return DigestPrefix(*parts).digest()
+
+
+class DigestPrefix:
+    """``cache_digest`` of leading parts hashed once: ``DigestPrefix(a, b).digest(c)`` is
+    ``cache_digest(a, b, c)`` (the request path shares model, uid and config across texts)."""
+
+    def __init__(self, *parts: bytes | str) -> None:
+        self._hash = hashlib.blake2b(digest_size=16)
+        _frame_into(self._hash, parts)
+
+    def digest(self, *parts: bytes | str) -> str:
+        h = self._hash.copy()
+        _frame_into(h, parts)
+        return h.hexdigest()
+
+
+def _frame_into(h: Any, parts: tuple[bytes | str, ...]) -> None:
     for part in parts:
         data = part.encode("utf-8") if isinstance(part, str) else bytes(part)
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
-    return h.hexdigest()
 
 
 def entry_key(prefix: str, digest: str) -> str:

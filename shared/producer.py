@@ -11,7 +11,9 @@ number of requests in flight share a fixed number of connections.
 Hot path: ``DISPATCH`` calls go through ``ScriptPipeline``: calls made while a round trip is in
 flight leave together in the next one (EVALSHA, pipelined on one connection), so under load a
 document costs a fraction of a round trip, and never redis-py's per-pipeline ``SCRIPT EXISTS``.
-A request without ``inference_config`` reuses the deployment's resolved config and its JSON.
+Calls are packed by hand; the constant parts are packed once: the start of the EVALSHA per
+(deployment, node), the message's shared fields and the digest's hashed prefix per plan
+(``_Plan``: the deployment's resolved config when a request has no ``inference_config``).
 
 Keys touched: the ``{dep|node}`` queue, stats and cache keys; ``inferq:replies:<id>``.
 """
@@ -26,22 +28,23 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError
 
 from shared import keys, task_config
-from shared.cache import cache_digest
+from shared.cache import DigestPrefix
 from shared.cluster_view import DeploymentView, ViewWatcher
 from shared.errors import Conflict, InferqError, NotFound, QueueFull, RequestTimeout
 from shared.queue import DISPATCH, DISPATCH_FULL, DISPATCH_HIT
-from shared.redis_conn import as_bytes, async_client
+from shared.redis_conn import as_bytes, async_client, exchange, pack_args
 from shared.routing import rank_nodes
 from shared.units import format_time_ms
-from shared.wire import InferReply, InferRequest, WireError
+from shared.wire import InferReply, RequestTemplate, WireError
 
 log = logging.getLogger(__name__)
 
@@ -61,29 +64,80 @@ class InferResult:
         return value
 
 
+DISPATCH_ARG_COUNT = 8  # ARGV of DISPATCH (shared/queue.py)
+_REQUEST_ID_BATCH = 512
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def canonical_json(config: Mapping[str, Any]) -> str:
+    """The config as the cache digest hashes it (docs/protocol.md, section 6)."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
+def request_ids() -> Iterator[str]:
+    """Request ids: 8 random hex characters, then a counter in hex (unique per producer). The
+    randomness is drawn in batches, not one ``urandom`` call per request."""
+    counter = itertools.count()
+    while True:
+        pool = secrets.token_hex(4 * _REQUEST_ID_BATCH)
+        for start in range(0, len(pool), 8):
+            yield f"{pool[start : start + 8]}{next(counter):x}"
+
+
+def pack_dispatch_args(
+    digest: str, policy: str, now: int, start_ms: int, capacity: int, payload: bytes, count_rejection: bool
+) -> bytes:
+    """``DISPATCH``'s arguments after the cache prefix, packed (``pack_args`` of the same values)."""
+    d, p = digest.encode(), policy.encode()
+    n, s, c = b"%d" % now, b"%d" % start_ms, b"%d" % capacity
+    return b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$1\r\n%b\r\n" % (
+        len(d), d, len(p), p, len(n), n, len(s), s, len(c), c, len(payload), payload, b"1" if count_rejection else b"0",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every document of one request shares: the digest's hashed prefix (None: cache
+    off) and the request message with its constant fields packed."""
+
+    digest_prefix: DigestPrefix | None
+    template: RequestTemplate
 
 
 class ScriptPipeline:
     """One Lua script called by many coroutines, in as few round trips as the load allows.
 
     ``submit`` queues a call and returns its future; one flusher task sends every queued call
-    as EVALSHA in one pipeline, and whatever is submitted while that round trip is in flight
-    leaves together in the next. The script is loaded on first NOSCRIPT (a new or restarted
-    Redis) and only the calls refused that way are sent again, so none runs twice.
+    as EVALSHA, pipelined on a connection of its own (made with the client's settings), and
+    whatever is submitted while that round trip is in flight leaves together in the next.
+    Calls are packed by hand (``shared.redis_conn.pack_command``): ``head`` packs the
+    constant start of a call once, ``submit_packed`` takes a whole packed call. The script is
+    loaded on first NOSCRIPT (a new or restarted Redis) and only the calls refused that way
+    are sent again, so none runs twice. A failed exchange fails every call of its batch.
     """
 
     def __init__(self, client: aioredis.Redis, script: str) -> None:
         self.client = client
         self.script = script
         self.sha = hashlib.sha1(script.encode()).hexdigest()
-        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._connection: Connection | None = None
+
+    def head(self, keys: Sequence[str], arg_count: int) -> bytes:
+        """The packed start of a call with these keys; ``arg_count`` arguments must follow
+        (``pack_args``) to make it whole."""
+        return b"*%d\r\n" % (3 + len(keys) + arg_count) + pack_args(("EVALSHA", self.sha, len(keys), *keys))
 
     def submit(self, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+        return self.submit_packed(self.head(keys, len(args)) + pack_args(args))
+
+    def submit_packed(self, command: bytes) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(((len(keys), *keys, *args), future))
+        self._pending.append((command, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         return future
@@ -96,13 +150,16 @@ class ScriptPipeline:
         for _, future in self._pending:
             future.cancel()
         self._pending = []
+        if self._connection is not None:
+            await self._connection.disconnect()
+            self._connection = None
 
     async def _flush(self) -> None:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    replies = await self._run([call for call, _ in batch])
+                    replies = await self._run([command for command, _ in batch])
                 except asyncio.CancelledError:
                     for _, future in batch:
                         future.cancel()
@@ -122,24 +179,25 @@ class ScriptPipeline:
         finally:
             self._flusher = None
 
-    async def _run(self, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-        replies: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            async with self.client.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    pipe.evalsha(self.sha, *calls[i])
-                outcomes = await pipe.execute(raise_on_error=False)
-            refused = []
-            for i, outcome in zip(todo, outcomes, strict=True):
-                if attempt == 0 and isinstance(outcome, NoScriptError):
-                    refused.append(i)
-                else:
-                    replies[i] = outcome
-            if not refused:
-                break
+    async def _run(self, commands: Sequence[bytes]) -> list[Any]:
+        replies = await self._exchange(commands)
+        refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if refused:
             await self.client.script_load(self.script)
-            todo = refused
+            again = await self._exchange([commands[i] for i in refused])
+            for i, reply in zip(refused, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _exchange(self, commands: Sequence[bytes]) -> list[Any]:
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = cast(Connection, self.client.connection_pool.make_connection())
+        payload = commands[0] if len(commands) == 1 else b"".join(commands)
+        replies: list[Any] = await connection.retry.call_with_retry(
+            lambda: exchange(connection, payload, len(commands)),
+            lambda _error: connection.disconnect(),
+        )
         return replies
 
 
@@ -164,8 +222,9 @@ class Producer:
         self.cache_timeout_s = cache_timeout_s
         self.cache_affinity = cache_affinity
         self._dispatch = ScriptPipeline(client, DISPATCH)
-        self._request_ids = (f"{secrets.token_hex(4)}{n:x}" for n in itertools.count())
-        self._default_configs: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
+        self._request_ids = request_ids()
+        self._default_plans: dict[tuple[str, str, str], _Plan] = {}
+        self._heads: dict[tuple[str, str], bytes] = {}
         self._waiting: dict[str, asyncio.Future[InferReply]] = {}
         self._reply_task: asyncio.Task[None] | None = None
         self._owned: list[aioredis.Redis] = []
@@ -245,30 +304,32 @@ class Producer:
         if not weights:
             raise Conflict(f"Trained model deployment [{view.deployment_id}] is not allocated to any nodes")
         field_names = view.doc.get("field_names") or ["text_field"]
-        config_json: str | None = None
-        if inference_config:
-            config = task_config.resolve_request_config(
-                view.doc["inference_config"], inference_config, model_id=view.model_id
-            )
-        else:
-            config, config_json = self._default_config(view)
-        texts = [task_config.read_input_text(doc, field_names) for doc in docs]
-        return await self.infer_texts(
-            view, texts, config, timeout_ms=timeout_ms, weights=weights, queue_limit=queue_limit,
-            config_json=config_json,
+        config = (
+            task_config.resolve_request_config(view.doc["inference_config"], inference_config, model_id=view.model_id)
+            if inference_config
+            else None
         )
+        texts = [task_config.read_input_text(doc, field_names) for doc in docs]
+        plan = self._default_plan(view) if config is None else self._plan(view, config, canonical_json(config))
+        return await self._infer_texts(view, texts, plan, timeout_ms, weights, queue_limit)
 
-    def _default_config(self, view: DeploymentView) -> tuple[dict[str, Any], str]:
-        """The deployment's effective config for requests without overrides, resolved once."""
-        key = (view.deployment_id, str(view.doc.get("uid", "")))
-        found = self._default_configs.get(key)
+    def _default_plan(self, view: DeploymentView) -> _Plan:
+        """The plan of requests without overrides (the deployment's effective config), made once."""
+        doc = view.doc
+        key = (view.deployment_id, str(doc.get("uid", "")), str(doc.get("model_sha256", "")))
+        found = self._default_plans.get(key)
         if found is None:
-            config = task_config.resolve_request_config(view.doc["inference_config"], None, model_id=view.model_id)
-            found = (config, json.dumps(config, sort_keys=True, separators=(",", ":")))
-            if len(self._default_configs) >= 256:
-                self._default_configs.clear()
-            self._default_configs[key] = found
+            config = task_config.resolve_request_config(doc["inference_config"], None, model_id=view.model_id)
+            found = self._plan(view, config, canonical_json(config))
+            if len(self._default_plans) >= 256:
+                self._default_plans.clear()
+            self._default_plans[key] = found
         return found
+
+    def _plan(self, view: DeploymentView, config: Mapping[str, Any], config_json: str) -> _Plan:
+        doc = view.doc
+        prefix = DigestPrefix(doc["model_sha256"], doc["uid"], config_json) if view.cache_size_bytes > 0 else None
+        return _Plan(prefix, RequestTemplate(self.reply_key, view.deployment_id, dict(config)))
 
     async def infer_texts(
         self,
@@ -282,51 +343,58 @@ class Producer:
         config_json: str | None = None,
     ) -> list[InferResult]:
         """``config_json``: ``config`` as canonical JSON, when the caller has it already."""
+        plan = self._plan(view, config, canonical_json(config) if config_json is None else config_json)
+        return await self._infer_texts(view, texts, plan, timeout_ms, weights, queue_limit)
+
+    async def _infer_texts(
+        self,
+        view: DeploymentView,
+        texts: Sequence[str],
+        plan: _Plan,
+        timeout_ms: float,
+        weights: Mapping[str, int],
+        queue_limit: int | None,
+    ) -> list[InferResult]:
         enqueued_ms = now_ms()
         deadline_ms = enqueued_ms + int(timeout_ms)
-        if config_json is None:
-            config_json = json.dumps(config, sort_keys=True, separators=(",", ":"))
-        use_cache = view.cache_size_bytes > 0
-        requests: list[InferRequest] = []
-        rankings: list[list[str]] = []
-        for text in texts:
-            digest = (
-                cache_digest(view.doc["model_sha256"], view.doc["uid"], config_json, text) if use_cache else ""
-            )
-            requests.append(
-                InferRequest(
-                    id=next(self._request_ids),
-                    reply_to=self.reply_key,
-                    deployment_id=view.deployment_id,
-                    text=text,
-                    config=dict(config),
-                    deadline_ms=deadline_ms,
-                    enqueued_ms=enqueued_ms,
-                    digest=digest,
-                )
-            )
-            rankings.append(rank_nodes(weights, digest if self.cache_affinity else None))
-
+        prefix = plan.digest_prefix
+        affinity = self.cache_affinity
         loop = asyncio.get_running_loop()
-        results: list[InferResult | None] = [None] * len(requests)
-        futures: dict[int, asyncio.Future[InferReply]] = {}
+        request_ids = self._request_ids
+        waiting = self._waiting
+        count = len(texts)
+        ids: list[str] = []
+        payloads: list[bytes] = []
+        digests: list[str] = []
+        rankings: list[list[str]] = []
+        futures: list[asyncio.Future[InferReply]] = []
+        for text in texts:
+            request_id = next(request_ids)
+            digest = prefix.digest(text) if prefix is not None else ""
+            ids.append(request_id)
+            digests.append(digest)
+            payloads.append(plan.template.pack(request_id, text, deadline_ms, enqueued_ms, digest))
+            rankings.append(rank_nodes(weights, digest if affinity else None))
+            future: asyncio.Future[InferReply] = loop.create_future()
+            futures.append(future)
+            waiting[request_id] = future
+
+        results: list[InferResult | None] = [None] * count
         placed_on: dict[int, str] = {}
-        for i, request in enumerate(requests):
-            futures[i] = loop.create_future()
-            self._waiting[request.id] = futures[i]
         try:
-            pending = list(range(len(requests)))
+            pending = list(range(count))
             attempt = 0
             while pending:
-                outcomes = await self._dispatch_round(
-                    view, requests, rankings, pending, attempt, enqueued_ms, queue_limit=queue_limit
+                nodes, calls = self._submit_round(
+                    view, payloads, digests, rankings, pending, attempt, enqueued_ms, queue_limit
                 )
+                outcomes = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
                 still_full: list[int] = []
-                for i, (node, outcome) in zip(pending, outcomes, strict=True):
+                for i, node, outcome in zip(pending, nodes, outcomes, strict=True):
                     code = int(outcome[0])
                     if code == DISPATCH_HIT:
                         results[i] = InferResult(bytes(outcome[1]), True, node, 0.0)
-                        self._forget(requests[i].id)
+                        waiting.pop(ids[i], None)
                     elif code == DISPATCH_FULL:
                         still_full.append(i)
                     else:
@@ -335,63 +403,62 @@ class Producer:
                 if still_full and any(attempt >= len(rankings[i]) for i in still_full):
                     raise QueueFull()
                 pending = still_full
-            await self._await_replies(view, requests, futures, results, placed_on, deadline_ms, timeout_ms)
+            if placed_on:
+                await self._await_replies(view, futures, results, placed_on, deadline_ms, timeout_ms)
         finally:
-            for request in requests:
-                self._forget(request.id)
+            for request_id in ids:
+                waiting.pop(request_id, None)
         return [r for r in results if r is not None]
 
     # ---- internals ---------------------------------------------------------------------------
 
-    async def _dispatch_round(
+    def _submit_round(
         self,
         view: DeploymentView,
-        requests: Sequence[InferRequest],
+        payloads: Sequence[bytes],
+        digests: Sequence[str],
         rankings: Sequence[Sequence[str]],
         pending: Sequence[int],
         attempt: int,
         now: int,
-        *,
-        queue_limit: int | None = None,
-    ) -> list[tuple[str, list[Any]]]:
+        queue_limit: int | None,
+    ) -> tuple[list[str], list[asyncio.Future[Any]]]:
+        """``DISPATCH`` each pending document on its ``attempt``-th ranked node: (nodes, futures)."""
         nodes = [rankings[i][attempt] for i in pending]
         capacity = view.queue_capacity if queue_limit is None else max(0, min(queue_limit, view.queue_capacity))
         count_rejection = queue_limit is None
+        policy = view.cache_policy
         futures = []
         for i, node in zip(pending, nodes, strict=True):
-            request = requests[i]
             last = attempt == len(rankings[i]) - 1
-            futures.append(
-                self._dispatch.submit(
-                    keys=[keys.queue(view.deployment_id, node), keys.stats(view.deployment_id, node)],
-                    args=[
-                        keys.cache_prefix(view.deployment_id, node),
-                        request.digest,
-                        view.cache_policy,
-                        now,
-                        view.start_ms(node),
-                        capacity,
-                        request.pack(),
-                        1 if last and count_rejection else 0,
-                    ],
-                )
+            command = self._head(view.deployment_id, node) + pack_dispatch_args(
+                digests[i], policy, now, view.start_ms(node), capacity, payloads[i], last and count_rejection
             )
-        replies = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
-        return list(zip(nodes, replies, strict=True))
+            futures.append(self._dispatch.submit_packed(command))
+        return nodes, futures
+
+    def _head(self, deployment_id: str, node: str) -> bytes:
+        """The packed start of ``DISPATCH`` on one (deployment, node): its keys and cache prefix."""
+        key = (deployment_id, node)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= 4096:
+                self._heads.clear()
+            head = self._heads[key] = self._dispatch.head(
+                (keys.queue(deployment_id, node), keys.stats(deployment_id, node)), DISPATCH_ARG_COUNT
+            ) + pack_args((keys.cache_prefix(deployment_id, node),))
+        return head
 
     async def _await_replies(
         self,
         view: DeploymentView,
-        requests: Sequence[InferRequest],
-        futures: Mapping[int, asyncio.Future[InferReply]],
+        futures: Sequence[asyncio.Future[InferReply]],
         results: list[InferResult | None],
         placed_on: Mapping[int, str],
         deadline_ms: int,
         timeout_ms: float,
     ) -> None:
         waiting = {i: futures[i] for i in placed_on}
-        if not waiting:
-            return
         remaining_s = max(0.0, (deadline_ms - now_ms()) / 1000)
         done, not_done = await asyncio.wait(waiting.values(), timeout=remaining_s)
         if not_done:

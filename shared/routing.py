@@ -23,6 +23,9 @@ def _unit_interval(digest: str, node_id: str) -> float:
 
 def rank_nodes(weights: Mapping[str, int], digest: str | None) -> list[str]:
     """Nodes with weight > 0, best first, for this digest (weighted rendezvous hashing)."""
+    if len(weights) == 1:
+        ((node_id, weight),) = weights.items()
+        return [node_id] if weight > 0 else []
     key = digest if digest else os.urandom(8).hex()
     scored: list[tuple[float, str]] = []
     for node_id, weight in weights.items():
