@@ -30,10 +30,10 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
 from shared import keys, task_config
@@ -41,7 +41,7 @@ from shared.cache import DigestPrefix
 from shared.cluster_view import DeploymentView, ViewWatcher
 from shared.errors import Conflict, InferqError, NotFound, QueueFull, RequestTimeout
 from shared.queue import DISPATCH, DISPATCH_FULL, DISPATCH_HIT
-from shared.redis_conn import as_bytes, async_client, exchange, pack_args
+from shared.redis_conn import as_bytes, async_client, exchange, exchange_connection, pack_args
 from shared.routing import rank_nodes
 from shared.units import format_time_ms
 from shared.wire import InferReply, RequestTemplate, WireError
@@ -125,7 +125,7 @@ class ScriptPipeline:
         self.sha = hashlib.sha1(script.encode()).hexdigest()
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._connection: Connection | None = None
+        self._connection: AbstractConnection | None = None
 
     def head(self, keys: Sequence[str], arg_count: int) -> bytes:
         """The packed start of a call with these keys; ``arg_count`` arguments must follow
@@ -192,10 +192,11 @@ class ScriptPipeline:
     async def _exchange(self, commands: Sequence[bytes]) -> list[Any]:
         connection = self._connection
         if connection is None:
-            connection = self._connection = cast(Connection, self.client.connection_pool.make_connection())
+            connection = self._connection = exchange_connection(self.client)
+        timeout_s = self.client.connection_pool.connection_kwargs.get("socket_timeout")
         payload = commands[0] if len(commands) == 1 else b"".join(commands)
         replies: list[Any] = await connection.retry.call_with_retry(
-            lambda: exchange(connection, payload, len(commands)),
+            lambda: exchange(connection, payload, len(commands), timeout_s),
             lambda _error: connection.disconnect(),
         )
         return replies

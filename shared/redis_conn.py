@@ -10,13 +10,15 @@ the request path, where redis-py's pipeline object costs more CPU than the round
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
@@ -84,30 +86,39 @@ def pack_command(args: Sequence[Arg]) -> bytes:
     return b"*%d\r\n" % len(args) + pack_args(args)
 
 
-async def exchange(connection: Connection, payload: bytes, reply_count: int) -> list[Any]:
-    """Write ``payload`` (``reply_count`` packed commands) and read their replies in order, under
-    one ``socket_timeout`` for the whole exchange. An error reply is returned, not raised (a
+def exchange_connection(client: aioredis.Redis) -> AbstractConnection:
+    """A connection of its own for ``exchange``, made with the client's settings but no
+    per-operation socket timeout (``exchange`` bounds the whole round trip once instead of
+    arming a timer per write and per reply)."""
+    pool = client.connection_pool
+    return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+
+
+async def exchange(connection: AbstractConnection, payload: bytes, reply_count: int, timeout_s: float | None) -> list[Any]:
+    """Write ``payload`` (``reply_count`` packed commands) and read their replies in order,
+    within ``timeout_s`` for the whole exchange. An error reply is returned, not raised (a
     ``ResponseError`` such as ``NoScriptError``); a failed or timed-out exchange disconnects
-    the connection (the next one reconnects) and raises ``ConnectionError`` / ``TimeoutError``."""
-    reader = connection._reader
-    if reader is not None and (reader.at_eof() or reader.exception() is not None):  # closed by the server
-        await connection.disconnect()
-    if not connection.is_connected:
-        await connection.connect()
+    the connection (the next one reconnects) and raises ``ConnectionError`` / ``TimeoutError``.
+    A connection the server closed while it sat idle is replaced first, as redis-py's pool does."""
+    if connection.is_connected:
+        try:
+            if await connection.can_read():  # at EOF, or bytes nobody asked for
+                await connection.disconnect()
+        except RedisConnectionError:
+            pass  # it disconnected itself; send_packed_command reconnects
     try:
-        async with asyncio.timeout(connection.socket_timeout):
-            writer = connection._writer
-            assert writer is not None
-            writer.write(payload)
-            await writer.drain()
-            parser: Any = connection._parser  # _AsyncRESP2Parser / _AsyncRESP3Parser / hiredis
-            return [await parser.read_response() for _ in range(reply_count)]
+        async with asyncio.timeout(timeout_s):
+            await connection.send_packed_command(payload, check_health=False)
+            replies: list[Any] = []
+            for _ in range(reply_count):
+                try:
+                    replies.append(await connection.read_response(timeout=math.inf))
+                except ResponseError as error:
+                    replies.append(error)
+            return replies
     except TimeoutError:
         await connection.disconnect(nowait=True)
         raise RedisTimeoutError("Timeout exchanging with Redis") from None
-    except OSError as exc:
-        await connection.disconnect(nowait=True)
-        raise RedisConnectionError(f"Error while talking to Redis: {exc}") from exc
     except BaseException:
         await connection.disconnect(nowait=True)
         raise
