@@ -277,9 +277,7 @@ def worker_chunk_limits() -> ChunkLimits:
     from shared.settings import WorkerSettings
     from workers.allocation import BatchLimits
 
-    settings = WorkerSettings()
-    return BatchLimits(settings.max_batch_size, settings.max_batch_tokens, settings.batch_wait_ms,
-                       settings.max_take, settings.max_padding).chunks  # fmt: skip
+    return BatchLimits.from_settings(WorkerSettings()).chunks
 
 
 def raw_limit(raw: dict[str, Any], allocations: int, threads: int) -> dict[str, Any]:

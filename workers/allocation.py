@@ -37,6 +37,7 @@ from shared import keys
 from shared.errors import InferenceFailed, InferqError
 from shared.queue import COMPLETE, REQUEUE, TAKE
 from shared.redis_conn import as_bytes
+from shared.settings import WorkerSettings
 from shared.wire import InferReply, InferRequest, WireError
 from workers.batch_plan import ChunkLimits, Shape, plan_chunks, take_count
 from workers.runtime import LoadedModel
@@ -55,6 +56,11 @@ class BatchLimits:
     batch_wait_ms: float = 0.0
     max_take: int = 32
     max_padding: float = 0.25
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> BatchLimits:
+        return cls(settings.max_batch_size, settings.max_batch_tokens, settings.batch_wait_ms,
+                   settings.max_take, settings.max_padding)  # fmt: skip
 
     @property
     def take(self) -> int:

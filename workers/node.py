@@ -104,13 +104,7 @@ class DeploymentRunner:
             cache_budget_bytes=int(self.doc.get("cache_size_bytes", 0)),
             cache_policy=str(self.doc.get("cache_policy", "lfu")),
             start_ms=self.started_ms,
-            limits=BatchLimits(
-                max_batch_size=settings.max_batch_size,
-                max_batch_tokens=settings.max_batch_tokens,
-                batch_wait_ms=settings.batch_wait_ms,
-                max_take=settings.max_take,
-                max_padding=settings.max_padding,
-            ),
+            limits=BatchLimits.from_settings(settings),
             peers=lambda: max(1, self.target),
         )
 
