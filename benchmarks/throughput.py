@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import platform
@@ -157,13 +156,11 @@ class RawModel:
     """The model exactly as a worker holds it: the TorchScript module and the task."""
 
     def __init__(self, torchscript: bytes, model_config: dict[str, Any], vocabulary: dict[str, Any]) -> None:
-        import torch
-
         from shared import task_config
+        from workers.runtime import load_torchscript
         from workers.tasks import build_task
 
-        self.module = torch.jit.load(io.BytesIO(torchscript), map_location="cpu")
-        self.module.eval()
+        self.module = load_torchscript(torchscript)
         inference_config = task_config.normalize_inference_config(model_config["inference_config"])
         self.task = build_task(inference_config, vocabulary)
         self.config = task_config.resolve_request_config(inference_config, None, model_id=MODEL_ID)
@@ -364,8 +361,12 @@ class Bench:
         from shared import keys
 
         deadline = time.monotonic() + timeout_s
-        pattern = keys.processing_pattern(deployment_id, NODE_ID)
-        while self.client.llen(keys.queue(deployment_id, NODE_ID)) or any(True for _ in self.client.scan_iter(match=pattern)):
+        def busy() -> bool:
+            names = self.client.smembers(keys.dn_allocations(deployment_id, NODE_ID))
+            lists = [keys.processing(deployment_id, NODE_ID, n.decode()) for n in names]
+            return bool(self.client.llen(keys.queue(deployment_id, NODE_ID)) or any(self.client.llen(k) for k in lists))
+
+        while busy():
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{deployment_id} stays busy")
             time.sleep(0.05)

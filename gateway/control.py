@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from gateway.start_params import StartParams
 from shared import keys, node_registry, task_config
 from shared.assignment import assignment_state, render_assignment, wait_satisfied
+from shared.cache import clear_cache
 from shared.deployment_store import DeploymentStore
 from shared.errors import (
     BadRequest,
@@ -33,6 +34,7 @@ from shared.errors import (
 from shared.lease import cluster_lease
 from shared.model_store import ModelStore
 from shared.planner import DeploymentDemand, NodeCapacity, Plan, estimate_memory_bytes, plan
+from shared.redis_conn import text
 from shared.units import format_time_ms
 from shared.wire import InferReply, InferRequest, WireError
 
@@ -251,10 +253,8 @@ class ControlPlane:
     async def cancel_queued(self, deployment_id: str) -> int:
         """Answer every queued (not yet running) request of the deployment with an error."""
         cancelled = 0
-        queue_keys = [
-            k async for k in self.redis.scan_iter(match=keys.dn_pattern(deployment_id) + "*:queue")
-        ]
-        for queue_key in queue_keys:
+        nodes = sorted(text(n) for n in await self.redis.smembers(keys.deployment_nodes(deployment_id)))
+        for queue_key in [keys.queue(deployment_id, node) for node in nodes]:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.lrange(queue_key, 0, -1)
                 pipe.delete(queue_key)
@@ -282,11 +282,19 @@ class ControlPlane:
         return len(items)
 
     async def _remove(self, deployment_id: str) -> None:
-        doomed = [k async for k in self.redis.scan_iter(match=keys.dn_pattern(deployment_id) + "*")]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in doomed:
-                pipe.unlink(key)
-            await pipe.execute()
+        """Delete every per-node key of the deployment, found through its indexes."""
+        nodes = sorted(text(n) for n in await self.redis.smembers(keys.deployment_nodes(deployment_id)))
+        for node in nodes:
+            await clear_cache(self.redis, keys.cache_prefix(deployment_id, node))
+            allocations = await self.redis.smembers(keys.dn_allocations(deployment_id, node))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.unlink(keys.queue(deployment_id, node), keys.stats(deployment_id, node))
+                for allocation in allocations:
+                    pipe.unlink(keys.processing(deployment_id, node, text(allocation)))
+                pipe.unlink(keys.dn_allocations(deployment_id, node))
+                pipe.srem(keys.node_deployments(node), deployment_id)
+                await pipe.execute()
+        await self.redis.unlink(keys.deployment_nodes(deployment_id))
         await self.deployments.remove(deployment_id)
         await self.deployments.bump()
 
@@ -312,6 +320,8 @@ class ControlPlane:
                 continue
             doc.pop("_stored", None)
             doc["targets"] = targets
+            if targets:  # producers create per-node keys on these nodes: index them first
+                await self.redis.sadd(keys.deployment_nodes(deployment_id), *targets)
             if reason:
                 doc["reason"] = reason
             else:
@@ -349,8 +359,9 @@ class ControlPlane:
                     await self.deployments.drop_route(deployment_id, node_id)
                     await self.deployments.bump()
                 heirs = sorted(n for n, a in doc.get("targets", {}).items() if a > 0 and n in live)
+                allocations = await self.redis.smembers(keys.dn_allocations(deployment_id, node_id))
                 sources = [keys.queue(deployment_id, node_id)] + [
-                    k.decode() async for k in self.redis.scan_iter(match=keys.processing_pattern(deployment_id, node_id))
+                    keys.processing(deployment_id, node_id, text(a)) for a in sorted(allocations)
                 ]
                 for source in sources:
                     if not await self.redis.exists(source):

@@ -15,6 +15,7 @@ from shared import keys, node_registry
 from shared.assignment import allocation_status, assignment_state
 from shared.cluster_view import DeploymentView
 from shared.planner import estimate_memory_bytes
+from shared.redis_conn import text
 from shared.stats import parse_counters, render_deployment_stats, render_inference_stats, render_node_stats
 
 
@@ -22,9 +23,13 @@ async def _deployment_stats(client: aioredis.Redis, view: DeploymentView, now: i
     deployment_id = view.deployment_id
     nodes = sorted(set(view.routes) | {n for n, a in view.doc.get("targets", {}).items() if a > 0})
     infos = {n.node_id: n for n in await node_registry.live_nodes(client)}
+    async with client.pipeline(transaction=False) as pipe:
+        for node in nodes:
+            pipe.smembers(keys.dn_allocations(deployment_id, node))
+        allocations = await pipe.execute()
     processing = {
-        node: [k async for k in client.scan_iter(match=keys.processing_pattern(deployment_id, node))]
-        for node in nodes
+        node: [keys.processing(deployment_id, node, text(a)) for a in sorted(names)]
+        for node, names in zip(nodes, allocations, strict=True)
     }
     async with client.pipeline(transaction=False) as pipe:
         for node in nodes:

@@ -102,7 +102,8 @@ def meta_key(prefix: str) -> str:
 
 
 def scan_pattern(prefix: str) -> str:
-    """SCAN pattern for every key of the cache (glob characters in the prefix escaped)."""
+    """SCAN pattern for every key of the cache (glob characters in the prefix escaped); only for
+    ``footprint`` (diagnostics and tests), never on a service path."""
     escaped = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in prefix)
     return f"{escaped}:*"
 
@@ -197,17 +198,10 @@ _Ops = Generator[_Request, Any, T]
 
 
 def _clear_ops(prefix: str) -> _Ops[int]:
-    """Atomically drop every indexed entry, the index and the counters, then sweep what SCAN still
-    finds under the prefix that no script accounts for. Returns the number of keys removed."""
-    scripts = cache_scripts()
-    removed = int((yield _Eval(scripts.clear, (index_key(prefix), meta_key(prefix)), (prefix,))))
-    cursor = 0
-    while True:
-        cursor, found = yield _Command(("SCAN", cursor, "MATCH", scan_pattern(prefix), "COUNT", _SCAN_COUNT))
-        if found:
-            removed += int((yield _Eval(scripts.sweep, tuple(found), (prefix,))))
-        if int(cursor) == 0:
-            return removed
+    """Atomically drop every indexed entry, the index and the counters: the index is how the
+    cache's keys are found (never a SCAN, which a user-named deployment could turn into a
+    pattern and which does not cross Redis Cluster shards). Returns the number of entries removed."""
+    return int((yield _Eval(cache_scripts().clear, (index_key(prefix), meta_key(prefix)), (prefix,))))
 
 
 def _int(value: Any) -> int:

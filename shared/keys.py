@@ -9,6 +9,12 @@ scripts run on a sharded Redis Cluster:
 
 Cluster-wide state (nodes, deployments, routes, the planner lease, events) lives under
 plain keys, each touched on its own.
+
+Nothing is ever found by ``SCAN``/``KEYS`` (no user string becomes a pattern, and a pattern
+does not cross the shards of a Redis Cluster): what must be found later is indexed where it
+is created — ``deployment_nodes`` (nodes holding per-node keys of a deployment),
+``node_deployments`` (deployments a node ran allocations of) and ``dn_allocations`` (the
+processing lists of one deployment on one node).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ PLANNER_LEASE = f"{PREFIX}:planner:lease"
 EVENTS = f"{PREFIX}:events"  # pub/sub channel: something in cluster state changed
 STATE_VERSION = f"{PREFIX}:state:version"  # INCR on every cluster-state change
 API_KEYS = f"{PREFIX}:api_keys"  # hash: key id -> msgpack record
+API_KEY_EVENTS = f"{PREFIX}:api_keys:events"  # pub/sub channel: ids of invalidated keys
 
 
 def model_tag(model_id: str) -> str:
@@ -52,6 +59,12 @@ def deployment(deployment_id: str) -> str:
     return f"{PREFIX}:deployment:{deployment_id}"
 
 
+def deployment_nodes(deployment_id: str) -> str:
+    """Set of node ids that hold (or held) per-node keys of the deployment: added when the
+    planner targets a node and when an allocation starts; read when the deployment goes."""
+    return f"{PREFIX}:deployment:{deployment_id}:nodes"
+
+
 def routes(deployment_id: str) -> str:
     """Hash: node id -> JSON route status written by that node (state, current allocations)."""
     return f"{PREFIX}:routes:{deployment_id}"
@@ -65,6 +78,11 @@ def node_info(node_id: str) -> str:
 def node_heartbeat(node_id: str) -> str:
     """String with a TTL; the node is alive while it exists."""
     return f"{PREFIX}:node:{node_id}:alive"
+
+
+def node_deployments(node_id: str) -> str:
+    """Set of deployment ids the node ran allocations of (its processing lists to requeue)."""
+    return f"{PREFIX}:node:{node_id}:deployments"
 
 
 def gateway_replies(gateway_id: str) -> str:
@@ -93,8 +111,9 @@ def processing(deployment_id: str, node_id: str, allocation: str) -> str:
     return f"{dn_prefix(deployment_id, node_id)}:processing:{allocation}"
 
 
-def processing_pattern(deployment_id: str, node_id: str) -> str:
-    return f"{dn_prefix(deployment_id, node_id)}:processing:*"
+def dn_allocations(deployment_id: str, node_id: str) -> str:
+    """Set of the allocation names (``a<N>``) that have a processing list on the node."""
+    return f"{dn_prefix(deployment_id, node_id)}:allocations"
 
 
 def stats(deployment_id: str, node_id: str) -> str:
@@ -106,7 +125,3 @@ def cache_prefix(deployment_id: str, node_id: str) -> str:
     """Prefix of every key of the (deployment, node) result cache."""
     return f"{dn_prefix(deployment_id, node_id)}:cache"
 
-
-def dn_pattern(deployment_id: str) -> str:
-    """SCAN pattern for every per-node key of a deployment (used when it stops)."""
-    return f"{PREFIX}:dn:{{{deployment_id}|*"

@@ -109,6 +109,15 @@ class Allocation(threading.Thread):
         self.stats_key = keys.stats(context.deployment_id, context.node_id)
         self.cache_prefix = keys.cache_prefix(context.deployment_id, context.node_id)
 
+    def _index(self, client: redis.Redis) -> None:
+        """Record the processing list where the control plane and a restarted node find it."""
+        deployment_id, node_id = self.context.deployment_id, self.context.node_id
+        pipe = client.pipeline(transaction=False)
+        pipe.sadd(keys.dn_allocations(deployment_id, node_id), f"a{self.index}")
+        pipe.sadd(keys.node_deployments(node_id), deployment_id)
+        pipe.sadd(keys.deployment_nodes(deployment_id), node_id)
+        pipe.execute()
+
     def run(self) -> None:
         torch.set_num_threads(self.context.threads)
         client = self.connect()
@@ -125,6 +134,7 @@ class Allocation(threading.Thread):
             while not self.stop_requested.is_set():
                 try:
                     if recovering:
+                        self._index(client)
                         requeue(keys=[self.processing_key, self.queue_key])
                         recovering = False
                     if pipelined_take:

@@ -21,7 +21,7 @@ import redis
 from shared import keys, node_registry
 from shared.deployment_store import RouteStatus, SyncDeploymentStore
 from shared.queue import REQUEUE
-from shared.redis_conn import sync_client
+from shared.redis_conn import sync_client, text
 from shared.settings import WorkerSettings
 from workers.allocation import Allocation, AllocationContext, BatchLimits
 from workers.runtime import LoadedModel, load_model
@@ -207,13 +207,14 @@ class Node:
     def requeue_leftovers(self) -> None:
         """Put back what this node's allocations held when the process last died."""
         requeue = self.client.register_script(REQUEUE)
-        pattern = f"{keys.PREFIX}:dn:{{*|{self.node_id}}}:processing:*"
-        for key in self.client.scan_iter(match=pattern):
-            name = key.decode()
-            queue_key = name.split(":processing:")[0] + ":queue"
-            moved = requeue(keys=[name, queue_key])
-            if moved:
-                log.info("requeued %s items from %s", moved, name)
+        for raw_deployment in self.client.smembers(keys.node_deployments(self.node_id)):
+            deployment_id = text(raw_deployment)
+            queue_key = keys.queue(deployment_id, self.node_id)
+            for allocation in self.client.smembers(keys.dn_allocations(deployment_id, self.node_id)):
+                name = keys.processing(deployment_id, self.node_id, text(allocation))
+                moved = requeue(keys=[name, queue_key])
+                if moved:
+                    log.info("requeued %s items from %s", moved, name)
 
     def reconcile(self) -> None:
         docs = {d["deployment_id"]: d for d in self.store.all()}

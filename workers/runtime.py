@@ -5,10 +5,17 @@ under their content hash, so a restart or a second deployment of the same defini
 from disk. Every allocation of the deployment on this node uses this one copy (the allocation
 threads share the module and the task: no per-request model or tokenizer lookup), warmed up
 with a few forward passes before the first allocation starts.
+
+This is the one place a worker turns bytes into a TorchScript module (``load_torchscript``):
+the archive is validated without running it (``shared.model_validation``) before
+``torch.jit.load`` sees it, from the very bytes that were validated (never re-read from disk),
+and the loaded module's inlined graphs are checked against the same allowlist before its first
+forward pass (ml-cpp's check, a second layer). The worker writes only under ``model_dir``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -21,7 +28,9 @@ from typing import Any
 import redis
 import torch
 
+from shared.errors import BadRequest
 from shared.model_store import read_definition, read_vocabulary
+from shared.model_validation import Allowlist, default_allowlist, validate_archive
 from workers.tasks import Task, build_task
 from workers.tasks.base import forward
 
@@ -35,28 +44,64 @@ class LoadedModel:
     sha256: str
 
 
-def _local_copy(client: redis.Redis, model_id: str, sha256: str, model_dir: str) -> Path:
+def definition_bytes(client: redis.Redis, model_id: str, sha256: str, model_dir: str) -> bytes:
+    """The definition, from the local copy when its content hash still matches, else from Redis
+    (then kept locally, written only under ``model_dir``)."""
+    if not model_dir:
+        return read_definition(client, model_id, sha256)
     folder = Path(model_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = folder / f"{sha256}.pt"
     if path.exists():
-        return path
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() == sha256:
+            return data
+        log.warning("local copy %s does not match its hash; fetching it again", path.name)
     data = read_definition(client, model_id, sha256)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".part")
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.replace(tmp, path)
-    return path
+    return data
+
+
+def _graph_kinds(block: Any, found: set[str]) -> None:
+    for node in block.nodes():
+        found.add(node.kind())
+        for inner in node.blocks():
+            _graph_kinds(inner, found)
+
+
+def check_graph(module: torch.jit.ScriptModule, allowlist: Allowlist | None = None) -> None:
+    """Every node of every method's inlined graph, in every submodule, is an allowed operation."""
+    allowlist = allowlist or default_allowlist()
+    found: dict[str, str] = {}
+    for name, submodule in module.named_modules():
+        for method in submodule._c._method_names():
+            kinds: set[str] = set()
+            _graph_kinds(submodule._c._get_method(method).inlined_graph, kinds)
+            for kind in kinds:
+                found.setdefault(kind, f"{name or 'model'}.{method}")
+    refusal = allowlist.refusal(found)
+    if refusal is not None:
+        raise refusal
+
+
+def load_torchscript(data: bytes) -> torch.jit.ScriptModule:
+    """Validate, then load, then check the graph: the only ``torch.jit.load`` of a definition."""
+    validate_archive(data)
+    try:
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    except (RuntimeError, ValueError) as exc:
+        raise BadRequest(f"model definition is not a loadable TorchScript archive: {exc}".split("\n")[0]) from exc
+    check_graph(module)
+    module.eval()
+    return module
 
 
 def load_model(client: redis.Redis, doc: dict[str, Any], model_dir: str) -> LoadedModel:
     model_id, sha256 = str(doc["model_id"]), str(doc["model_sha256"])
-    if model_dir:
-        path = _local_copy(client, model_id, sha256, model_dir)
-        module = torch.jit.load(str(path), map_location="cpu")
-    else:
-        module = torch.jit.load(io.BytesIO(read_definition(client, model_id, sha256)), map_location="cpu")
-    module.eval()
+    module = load_torchscript(definition_bytes(client, model_id, sha256, model_dir))
     vocabulary = read_vocabulary(client, model_id)
     task = build_task(doc["inference_config"], vocabulary)
     warm_up(module, task)

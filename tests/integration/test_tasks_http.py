@@ -5,7 +5,6 @@ that returns exactly what the miss returned."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from shared.task_config import normalize_inference_config, resolve_request_config
 from tests.cluster import LocalCluster, local_cluster, start, upload
+from workers.runtime import load_torchscript
 
 pytestmark = pytest.mark.slow
 
@@ -64,8 +64,6 @@ def test_task_through_http(
     tokenizer: str,
     request_config: dict[str, Any] | None,
 ) -> None:
-    import torch
-
     from tests.tiny_models import build_tiny_model
     from workers.tasks import build_task
     from workers.tracing import trace_hf_model
@@ -87,7 +85,7 @@ def test_task_through_http(
 
     config = normalize_inference_config(traced.config["inference_config"])
     task = build_task(config, traced.vocabulary)
-    module = torch.jit.load(io.BytesIO(traced.torchscript))
+    module = load_torchscript(traced.torchscript)
     effective = resolve_request_config(config, request_config)
     expected = [task.run(module, [task.prepare(t, effective)])[0] for t in texts]
     assert close(miss["inference_results"], expected), (miss["inference_results"], expected)

@@ -1,6 +1,6 @@
 """Every task end to end against Hugging Face.
 
-A tiny model (fixed seed) is traced with ``trace_hf_model``, reloaded with ``torch.jit.load`` and
+A tiny model (fixed seed) is traced with ``trace_hf_model``, reloaded with ``load_torchscript`` (validated, as a worker loads it) and
 served through ``build_task(...).prepare/run``; the reference is computed here from the same
 Hugging Face model called directly (its own tokenizer, its own forward pass), with Elasticsearch's
 post-processing written out plainly in numpy.
@@ -8,7 +8,6 @@ post-processing written out plainly in numpy.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from shared.errors import BadRequest
 from shared.task_config import normalize_inference_config, resolve_request_config
 from tests.tiny_models import build_tiny_model
+from workers.runtime import load_torchscript
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -75,7 +75,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Se
             folder = build_tiny_model(task_type, root, tokenizer)
             traced = trace_hf_model(folder, task_type, max_sequence_length=max_len)
             config = normalize_inference_config(traced.config["inference_config"])
-            module = torch.jit.load(io.BytesIO(traced.torchscript))
+            module = load_torchscript(traced.torchscript)
             task = build_task(config, traced.vocabulary)
             cache[key] = Served(folder, config, task, module, traced.config, traced.vocabulary)
         return cache[key]
@@ -743,7 +743,7 @@ def minilm(minilm_path: Path, minilm_traced: Any) -> Served:
     from workers.tasks import build_task
 
     config = normalize_inference_config(minilm_traced.config["inference_config"])
-    module = torch.jit.load(io.BytesIO(minilm_traced.torchscript))
+    module = load_torchscript(minilm_traced.torchscript)
     task = build_task(config, minilm_traced.vocabulary)
     return Served(minilm_path, config, task, module, minilm_traced.config, minilm_traced.vocabulary)
 
