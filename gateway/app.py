@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway import auth, deployments_api, infer_api, models_api, stats_api
 from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
 from gateway.control import ControlPlane, planner_loop
-from gateway.http import check_params, error_middleware, json_response
+from gateway.http import BODY_LIMITS, BodyLimits, check_params, error_middleware, json_response
 from shared.model_store import ModelStore
 from shared.producer import Producer
 from shared.redis_conn import async_client
@@ -73,6 +73,7 @@ def add_routes(app: web.Application) -> None:
 def create_app(settings: GatewaySettings, *, redis: aioredis.Redis | None = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[BODY_LIMITS] = BodyLimits(max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         client = redis if redis is not None else async_client(settings.redis_url, client_name="inferq-gateway")
@@ -120,4 +121,9 @@ def run(settings: GatewaySettings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(message)s")
     app = create_app(settings)
     app.on_startup.append(_settle_heap)
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None)
+    # keepalive_timeout also bounds a new connection's wait for its first complete request head
+    # (aiohttp arms it at connect): a client that sends part of its headers and stops is closed.
+    web.run_app(
+        app, host=settings.host, port=settings.port, access_log=None, print=None,
+        keepalive_timeout=settings.idle_timeout_s,
+    )

@@ -88,7 +88,7 @@ class ControlPlane:
             raise BadRequest(
                 f"Model definition truncated. Unable to deserialize trained model definition [{params.model_id}]"
             )
-        sha256 = await self.models.definition_sha256(params.model_id, status)
+        sha256 = await self.models.checked_definition(params.model_id, status)  # 400 if refused
         model_bytes = status.total_definition_length
         metadata = config.get("metadata") or {}
         cache_bytes = model_bytes if params.cache_size_bytes is None else params.cache_size_bytes

@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
-import gzip
+import asyncio
 import json
+import re
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +28,7 @@ from shared.errors import (
     InferqError,
     MethodNotAllowed,
     NotFound,
+    RequestTimeout,
     TooLarge,
     Unavailable,
     XContentParseError,
@@ -86,36 +89,123 @@ def query_int(request: web.Request, name: str, default: int) -> int:
 # ---- bodies --------------------------------------------------------------------------------
 
 
+MAX_JSON_DEPTH = 64  # objects/arrays nested deeper are refused before parsing
+OFF_LOOP_BYTES = 64 * 1024  # bodies larger than this (or compressed) are decoded in a thread
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    max_bytes: int = 100 * 1024 * 1024  # after inflating
+    timeout_s: float = 30.0  # to receive the whole body once the head is in
+
+
+BODY_LIMITS = web.AppKey("body_limits", BodyLimits)  # set by create_app from the settings
+
+
+class BodyReadTimeout(RequestTimeout):
+    """The client stopped sending its body: answered 408, then the connection is closed."""
+
+
 async def read_json(request: web.Request) -> Any | None:
-    """The decoded JSON body, or None when there is none."""
+    """The decoded JSON body, or None when there is none. The body must arrive within
+    ``body_timeout_s``; large or compressed bodies are inflated and parsed off the event loop."""
+    limits = request.app.get(BODY_LIMITS) or BodyLimits()
     try:
-        raw = inflate(await request.read(), request.headers.get("Content-Encoding", ""))
+        async with asyncio.timeout(limits.timeout_s):
+            raw = await request.read()
+    except TimeoutError as exc:
+        raise BodyReadTimeout(f"request body not received within [{limits.timeout_s:g}s]") from exc
     except RequestPayloadError as exc:  # aiohttp could not inflate a compressed body
         raise BadRequest(f"failed to read request body: {exc}".replace("\n", " ")) from exc
+    encoding = request.headers.get("Content-Encoding", "")
+    content_type = request.content_type
+    if len(raw) > OFF_LOOP_BYTES or _compressed(raw, encoding):
+        return await asyncio.to_thread(decode_body, raw, encoding, content_type, limits.max_bytes)
+    return decode_body(raw, encoding, content_type, limits.max_bytes)
+
+
+def decode_body(raw: bytes, content_encoding: str, content_type: str, max_bytes: int) -> Any | None:
+    """Inflate (bounded), check the type and the nesting depth, parse (pure; may run in a thread)."""
+    raw = inflate(raw, content_encoding, max_bytes)
     if not raw.strip():
         return None
-    content_type = request.content_type.lower()
-    if content_type and not _is_json_type(content_type):
-        raise IllegalArgument(f"Content-Type header [{request.content_type}] is not supported")
+    if content_type and not _is_json_type(content_type.lower()):
+        raise IllegalArgument(f"Content-Type header [{content_type}] is not supported")
+    check_depth(raw, MAX_JSON_DEPTH)
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise XContentParseError(f"Failed to parse request body: {exc}") from exc
+    except RecursionError as exc:  # unreachable after check_depth; never a 500 anyway
+        raise XContentParseError("Failed to parse request body: nested too deeply") from exc
+    if _SURROGATE_ESCAPE.search(raw):
+        body = replace_lone_surrogates(body)
+    return body
 
 
-def inflate(raw: bytes, content_encoding: str) -> bytes:
-    """A ``gzip``/``deflate`` request body, inflated. aiohttp's server already inflates bodies
-    itself and leaves the header in place, so only bytes that still look compressed (by their
-    magic number; JSON never starts with them) are inflated here."""
+def _no_constant(name: str) -> Any:
+    raise XContentParseError(f"Failed to parse request body: [{name}] is not a JSON value")
+
+
+def check_depth(raw: bytes, max_depth: int) -> None:
+    """Refuse JSON whose objects/arrays nest deeper than ``max_depth``, without recursion."""
+    if raw.count(b"[") + raw.count(b"{") <= max_depth:
+        return
+    depth = 0
+    for bracket in _BRACKET.finditer(_STRING.sub(b'""', raw)):
+        if bracket.group() in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                raise XContentParseError(
+                    f"Failed to parse request body: document nesting depth exceeds the maximum allowed ({max_depth})"
+                )
+        else:
+            depth -= 1
+
+
+def replace_lone_surrogates(value: Any) -> Any:
+    """A lone UTF-16 surrogate (a ``\\ud800`` escape without its pair) becomes U+FFFD, in keys
+    and values: the text is then served, and nothing downstream meets a string UTF-8 cannot hold."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [replace_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {replace_lone_surrogates(k): replace_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def _compressed(raw: bytes, content_encoding: str) -> bool:
     encoding = content_encoding.strip().lower()
+    return (encoding == "gzip" and raw[:2] == b"\x1f\x8b") or (encoding == "deflate" and raw[:1] == b"\x78")
+
+
+def inflate(raw: bytes, content_encoding: str, max_bytes: int) -> bytes:
+    """A ``gzip``/``deflate`` request body, inflated, never past ``max_bytes`` (413). aiohttp's
+    server already inflates bodies itself (in bounded steps) and leaves the header in place,
+    so only bytes that still look compressed (by their magic number; JSON never starts with
+    them) are inflated here: a body compressed twice."""
+    if not _compressed(raw, content_encoding):
+        return raw
+    wbits = 16 + zlib.MAX_WBITS if raw[:1] == b"\x1f" else zlib.MAX_WBITS
+    out = bytearray()
+    data = raw
     try:
-        if encoding == "gzip" and raw[:2] == b"\x1f\x8b":
-            return gzip.decompress(raw)
-        if encoding == "deflate" and raw[:1] == b"\x78":
-            return zlib.decompress(raw)
-    except (OSError, zlib.error, EOFError) as exc:
+        while data:
+            inflater = zlib.decompressobj(wbits)
+            chunk = inflater.decompress(data, max_bytes + 1 - len(out))
+            out += chunk
+            if len(out) > max_bytes or inflater.unconsumed_tail:
+                raise TooLarge(f"request body is too large: more than [{max_bytes}] bytes once inflated")
+            if not inflater.eof:
+                raise BadRequest("failed to decompress request body: truncated stream")
+            data = inflater.unused_data if wbits != zlib.MAX_WBITS else b""
+    except zlib.error as exc:
         raise BadRequest(f"failed to decompress request body: {exc}") from exc
-    return raw
+    return bytes(out)
 
 
 async def read_object(request: web.Request, *, required: bool) -> dict[str, Any]:
@@ -245,6 +335,10 @@ def _filter(node: Any, patterns: list[list[str]]) -> Any:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         response = await handler(request)
+    except BodyReadTimeout as error:
+        response = error_response(request, error)
+        response.force_close()  # the rest of the body may still come: never parse it as a request
+        return response
     except InferqError as error:
         return error_response(request, error)
     except web.HTTPRequestEntityTooLarge as exc:

@@ -6,10 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.app_keys import PRODUCER
+from gateway.app_keys import PRODUCER, SETTINGS
 from gateway.http import check_params, raw_json_response, read_object
-from shared.errors import BadRequest, ValidationError, XContentParseError
+from shared.errors import BadRequest, TooLarge, ValidationError, XContentParseError
 from shared.producer import DEFAULT_TIMEOUT_MS
+from shared.settings import GatewaySettings
 from shared.units import parse_time_ms
 
 
@@ -24,12 +25,27 @@ def _parse(request: web.Request, body: dict[str, Any]) -> tuple[list[dict[str, A
         raise XContentParseError("[docs] must be an array of objects")
     if not docs:
         raise BadRequest("Validation Failed: 1: at least one document is required;", error_type="action_request_validation_exception")
+    _check_limits(request.app[SETTINGS], docs)
     inference_config = body.get("inference_config")
     if inference_config is not None and not isinstance(inference_config, dict):
         raise XContentParseError("[inference_config] must be an object")
     raw_timeout = body.get("timeout", request.query.get("timeout"))
     timeout_ms = parse_time_ms(raw_timeout, "timeout") if raw_timeout is not None else DEFAULT_TIMEOUT_MS
     return docs, inference_config, timeout_ms
+
+
+def _check_limits(settings: GatewaySettings, docs: list[dict[str, Any]]) -> None:
+    """Documents per request (400) and UTF-8 bytes per text (413), both documented limits."""
+    if len(docs) > settings.max_docs_per_request:
+        raise BadRequest(
+            f"Validation Failed: 1: at most [{settings.max_docs_per_request}] documents are allowed per request;",
+            error_type="action_request_validation_exception",
+        )
+    limit = settings.max_text_bytes
+    for doc in docs:
+        for value in doc.values():
+            if isinstance(value, str) and len(value) * 4 > limit and len(value.encode("utf-8", "replace")) > limit:
+                raise TooLarge(f"a document's text is longer than [{limit}] bytes")
 
 
 async def infer(request: web.Request) -> web.Response:

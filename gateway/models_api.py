@@ -27,7 +27,7 @@ from shared.errors import (
     ValidationCollector,
     model_not_found,
 )
-from shared.model_store import MAX_ID_LENGTH, valid_id
+from shared.model_store import MAX_DEFINITION_BYTES, MAX_ID_LENGTH, valid_id
 
 VERSION = "9.2.0"
 NATIVE_INDEX = ".ml-inference-native-000002"
@@ -177,6 +177,10 @@ async def put_definition_part(request: web.Request) -> web.Response:
     errors.check(total_parts > 0, "[total_parts] must be greater than 0")
     errors.check(total_parts <= 10_000, "[total_parts] must be less than or equal to 10000")
     errors.check(total_length > 0, "[total_definition_length] must be greater than 0")
+    errors.check(
+        total_length <= MAX_DEFINITION_BYTES,
+        f"[total_definition_length] must be less than or equal to {MAX_DEFINITION_BYTES}",
+    )
     errors.check(part < total_parts or total_parts <= 0, "[part] must be less than total_parts")
     errors.raise_if_any()
     try:
@@ -187,6 +191,9 @@ async def put_definition_part(request: web.Request) -> web.Response:
     if not await store.exists(model_id):
         raise model_not_found(model_id)
     await store.put_part(model_id, part, data, total_parts, total_length)
+    status = await store.definition_status(model_id)
+    if status is not None and status.complete:  # the last part: validate before anything can load it
+        await store.checked_definition(model_id, status)
     return json_response(request, {"acknowledged": True})
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.http import parse_bool, parse_int
 from shared.errors import BadRequest, IllegalArgument, ValidationCollector, XContentParseError
+from shared.model_store import valid_id
 from shared.units import parse_byte_size, parse_time_ms
 
 DEFAULT_QUEUE_CAPACITY = 1024
@@ -104,7 +105,13 @@ def parse_start(model_id: str, query: Mapping[str, str], body: Mapping[str, Any]
     threads = parse_int(raw.get("threads_per_allocation", 1), "threads_per_allocation")
     capacity = parse_int(raw.get("queue_capacity", DEFAULT_QUEUE_CAPACITY), "queue_capacity")
 
+    deployment_id = str(raw.get("deployment_id") or model_id)
     errors = ValidationCollector()
+    errors.check(
+        valid_id(deployment_id),
+        f"Invalid deployment_id; '{deployment_id}' can contain lowercase alphanumeric (a-z and 0-9), hyphens or "
+        "underscores; must start and end with alphanumeric",
+    )
     errors.check(allocations >= 1, "[number_of_allocations] must be a positive integer")
     errors.check(
         _power_of_two(threads) and threads <= 32,
@@ -120,7 +127,7 @@ def parse_start(model_id: str, query: Mapping[str, str], body: Mapping[str, Any]
 
     return StartParams(
         model_id=model_id,
-        deployment_id=str(raw.get("deployment_id") or model_id),
+        deployment_id=deployment_id,
         number_of_allocations=allocations,
         threads_per_allocation=threads,
         queue_capacity=capacity,

@@ -1,13 +1,16 @@
 """Models in Redis: config, definition parts and vocabulary (spec §4).
 
 Keys (tag ``{model:<id>}``): ``config`` (JSON), ``part:<n>`` (raw bytes), ``parts`` (hash:
-part number -> decoded length, plus ``total_parts`` and ``total_definition_length``),
-``vocabulary`` (JSON); the set ``inferq:models`` lists every id. Works with the asyncio client
+part number -> decoded length, plus ``total_parts`` and ``total_definition_length``, and once
+the definition is complete its ``sha256`` and validation ``verdict``: ``ok`` or the refusal),
+``vocabulary`` (JSON); the set ``inferq:models`` lists every id. The ``parts`` hash is also the
+index of the part keys, so deleting a model needs no SCAN. Works with the asyncio client
 (gateway) and, for reading definitions, with the sync client (workers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import json
@@ -22,10 +25,13 @@ import redis.asyncio as aioredis
 
 from shared import keys
 from shared.errors import BadRequest, NotFound, ResourceAlreadyExists, model_not_found
+from shared.model_validation import ModelRefused, validate_archive
 from shared.redis_conn import as_bytes, text
 
 MODEL_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_\-\.]*[a-z0-9])?$")
 MAX_ID_LENGTH = 64
+MAX_DEFINITION_BYTES = 2 * 1024**3  # the gateway holds a whole definition while validating it
+VERDICT_OK = "ok"
 
 
 def valid_id(value: str) -> bool:
@@ -106,6 +112,14 @@ class ModelStore:
 
     async def put_part(self, model_id: str, part: int, data: bytes, total_parts: int, total_length: int) -> None:
         meta_key = keys.model_parts_meta(model_id)
+        status = await self.definition_status(model_id)
+        if status is not None and part not in status.parts and status.stored_bytes + len(data) > total_length:
+            raise BadRequest(
+                f"[{model_id}] definition part [{part}] would take the stored bytes past "
+                f"[total_definition_length] {total_length}"
+            )
+        if status is None and len(data) > total_length:
+            raise BadRequest(f"[{model_id}] definition part [{part}] is longer than [total_definition_length] {total_length}")
         stored = await self.redis.hsetnx(meta_key, str(part), len(data))
         if not stored:
             raise ResourceAlreadyExists(
@@ -119,18 +133,20 @@ class ModelStore:
     async def definition_status(self, model_id: str) -> DefinitionStatus | None:
         return _status_from_hash(await self.redis.hgetall(keys.model_parts_meta(model_id)))
 
-    async def definition_sha256(self, model_id: str, status: DefinitionStatus) -> str:
-        """Content hash of the whole definition (computed once, then remembered)."""
+    async def checked_definition(self, model_id: str, status: DefinitionStatus) -> str:
+        """The sha256 of a complete definition that passed validation (``ModelRefused``, a 400,
+        otherwise). The verdict is computed once, off the event loop, and kept with the parts."""
         meta_key = keys.model_parts_meta(model_id)
-        cached = await self.redis.hget(meta_key, "sha256")
-        if cached:
-            return text(cached)
-        digest = hashlib.sha256()
-        for part in range(status.total_parts):
-            digest.update(as_bytes(await self.redis.get(keys.model_part(model_id, part)) or b""))
-        value = digest.hexdigest()
-        await self.redis.hset(meta_key, "sha256", value)
-        return value
+        stored_sha256, stored_verdict = await self.redis.hmget(meta_key, ["sha256", "verdict"])
+        if stored_sha256 is not None and stored_verdict is not None:
+            sha256, verdict = text(stored_sha256), text(stored_verdict)
+        else:
+            data = b"".join([as_bytes(await self.redis.get(keys.model_part(model_id, p)) or b"") for p in range(status.total_parts)])
+            sha256, verdict = await asyncio.to_thread(_verdict, data)
+            await self.redis.hset(meta_key, mapping={"sha256": sha256, "verdict": verdict})
+        if verdict != VERDICT_OK:
+            raise ModelRefused(verdict)
+        return sha256
 
     async def put_vocabulary(self, model_id: str, vocabulary: dict[str, Any]) -> None:
         await self.redis.set(keys.model_vocabulary(model_id), json.dumps(vocabulary))
@@ -139,12 +155,24 @@ class ModelStore:
         return bool(await self.redis.exists(keys.model_vocabulary(model_id)))
 
     async def delete(self, model_id: str) -> None:
-        doomed = [k async for k in self.redis.scan_iter(match=f"{keys.PREFIX}:{keys.model_tag(model_id)}:*")]
+        status = await self.definition_status(model_id)
+        parts = set(status.parts) | set(range(status.total_parts)) if status is not None else set()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key in doomed:
-                pipe.unlink(key)
+            for part in sorted(parts):
+                pipe.unlink(keys.model_part(model_id, part))
+            pipe.unlink(keys.model_parts_meta(model_id), keys.model_vocabulary(model_id), keys.model_config(model_id))
             pipe.srem(keys.MODELS, model_id)
             await pipe.execute()
+
+
+def _verdict(data: bytes) -> tuple[str, str]:
+    """(sha256, ``ok`` or the reason the model is refused) of a whole definition."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        validate_archive(data)
+    except ModelRefused as refused:
+        return sha256, str(refused.reason)
+    return sha256, VERDICT_OK
 
 
 def match_ids(expression: str, all_ids: Sequence[str], *, allow_no_match: bool) -> list[str]:

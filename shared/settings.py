@@ -41,6 +41,10 @@ class GatewaySettings:
     cache_affinity: bool = True  # route identical inputs to the same node (consistent hashing)
     auth_required: bool = False
     bootstrap_api_key: str = ""  # "id:secret" created with every privilege at start, if set
+    idle_timeout_s: float = 30.0  # a connection without a complete request head this long is closed
+    body_timeout_s: float = 30.0  # a request body not fully received this long after its head: 408, closed
+    max_docs_per_request: int = 10_000  # documents in one _infer
+    max_text_bytes: int = 1024 * 1024  # UTF-8 bytes of one document's text
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -57,6 +61,10 @@ class GatewaySettings:
             cache_affinity=_str(env, "INFERQ_CACHE_AFFINITY", "on").lower() not in ("0", "off", "false", "no"),
             auth_required=_str(env, "INFERQ_AUTH", "off").lower() in ("1", "on", "true", "yes"),
             bootstrap_api_key=_str(env, "INFERQ_BOOTSTRAP_API_KEY", ""),
+            idle_timeout_s=_float(env, "INFERQ_IDLE_TIMEOUT_S", 30.0),
+            body_timeout_s=_float(env, "INFERQ_BODY_TIMEOUT_S", 30.0),
+            max_docs_per_request=_int(env, "INFERQ_MAX_DOCS_PER_REQUEST", 10_000),
+            max_text_bytes=_int(env, "INFERQ_MAX_TEXT_BYTES", 1024 * 1024),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from shared.errors import IllegalArgument, ParseError
@@ -70,12 +71,16 @@ def format_bytes(size: int) -> str:
     return f"{size}b"
 
 
+MAX_TIME_MS = float((2**63 - 1) // 1_000_000)  # Elasticsearch's TimeValue: a long of nanoseconds
+
+
 def parse_time_ms(value: str | int | float, setting: str = "timeout") -> float:
-    """'30s' -> 30000.0. A bad value raises 400 illegal_argument_exception with ES's message."""
+    """'30s' -> 30000.0. A bad value raises 400 illegal_argument_exception with ES's message;
+    so does one past ``MAX_TIME_MS`` (``1e30``, ``"99999999999999999999d"``), NaN or infinity."""
     if isinstance(value, bool):
         raise IllegalArgument(f"failed to parse setting [{setting}] with value [{value}] as a time value")
     if isinstance(value, (int, float)):
-        return float(value)
+        return _bounded_ms(float(value), value, setting)
     text = str(value).strip().lower()
     if text == "-1":
         return -1.0
@@ -85,7 +90,16 @@ def parse_time_ms(value: str | int | float, setting: str = "timeout") -> float:
             f"failed to parse setting [{setting}] with value [{value}] as a time value: "
             "unit is missing or unrecognized"
         )
-    return float(match.group(1)) * _TIME_UNITS_MS[match.group(2)]
+    return _bounded_ms(float(match.group(1)) * _TIME_UNITS_MS[match.group(2)], value, setting)
+
+
+def _bounded_ms(ms: float, value: object, setting: str) -> float:
+    if not math.isfinite(ms) or abs(ms) > MAX_TIME_MS:
+        raise IllegalArgument(
+            f"failed to parse setting [{setting}] with value [{str(value)[:64]}] as a time value: "
+            f"values above [{int(MAX_TIME_MS)}ms] are not supported"
+        )
+    return ms
 
 
 def format_time_ms(ms: float) -> str:

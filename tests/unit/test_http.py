@@ -115,12 +115,12 @@ async def test_corrupt_gzip_body_is_a_400(client: Any) -> None:
 
 def test_inflate_only_inflates_what_is_still_compressed() -> None:
     plain = b'{"a":1}'
-    assert inflate(gzip.compress(plain), "gzip") == plain
-    assert inflate(zlib.compress(plain), "Deflate") == plain
-    assert inflate(plain, "gzip") == plain  # already inflated by aiohttp
-    assert inflate(plain, "") == plain
+    assert inflate(gzip.compress(plain), "gzip", 1024) == plain
+    assert inflate(zlib.compress(plain), "Deflate", 1024) == plain
+    assert inflate(plain, "gzip", 1024) == plain  # already inflated by aiohttp
+    assert inflate(plain, "", 1024) == plain
     with pytest.raises(BadRequest):
-        inflate(b"\x1f\x8bnot gzip at all", "gzip")
+        inflate(b"\x1f\x8bnot gzip at all", "gzip", 1024)
 
 
 async def test_unsupported_content_type_and_bad_json(client: Any) -> None:
