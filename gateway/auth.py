@@ -6,9 +6,12 @@ Each route maps to the Elasticsearch action name it stands for, and the key's pr
 allow that action (``shared.api_keys``). Missing or bad credentials are a 401
 ``security_exception`` with ``WWW-Authenticate``; a missing privilege is a 403.
 
-Verified keys are cached in-process for a few seconds, so the hot path costs at most one
-Redis round trip (an HGET on ``keys.API_KEYS``), and usually none. An invalidated key stops
-working at once on the gateway that invalidated it, and within the cache TTL elsewhere.
+Verified keys are cached in-process for one second, so the hot path costs at most one
+Redis round trip (an HGET on ``keys.API_KEYS``) per key per second, and usually none. An
+invalidated key stops working at once on the gateway that invalidated it, and within one
+second on every other gateway. The bootstrap key cannot be invalidated over the API (the
+answer says so in ``error_details``): it is the operator's way back in; restarting with another
+``INFERQ_BOOTSTRAP_API_KEY`` replaces it (the old one is invalidated then).
 
 With auth off the middleware is not installed at all, and the ``_security`` endpoints answer
 as Elasticsearch does when security is disabled.
@@ -25,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.app_keys import REDIS, SETTINGS
-from gateway.http import Handler, check_fields, check_params, json_response, read_object
+from gateway.http import Handler, check_fields, check_params, json_response, parse_bool, read_object
 from shared import api_keys
 from shared.api_keys import ApiKeyRecord, ApiKeyStore, BadCredentials, Credentials
 from shared.errors import (
@@ -259,23 +262,42 @@ async def invalidate_api_keys(request: web.Request) -> web.Response:
     identity = _identity(request)
     body = await read_object(request, required=True)
     check_fields(body, ("ids", "id", "name", "owner", "username", "realm_name"), "invalidate_api_key_request")
-    ids = [str(i) for i in body.get("ids") or []]
+    raw_ids = body.get("ids") or []
+    if not isinstance(raw_ids, list) or not all(isinstance(i, str | int) for i in raw_ids):
+        raise IllegalArgument("[ids] must be an array of strings")
+    ids = [str(i) for i in raw_ids]
     if body.get("id"):
         ids.append(str(body["id"]))
+    for field_name in ("name", "username"):
+        if body.get(field_name) is not None and not isinstance(body[field_name], str):
+            raise IllegalArgument(f"[{field_name}] must be a string")
     name = body.get("name")
-    owner = bool(body.get("owner", False))
+    owner = parse_bool(body.get("owner", False), "owner")
     username = identity.username if owner else body.get("username")
     if not ids and name is None and username is None:
         raise ActionRequestValidation(
             ["One of [api key id, api key name, username, realm name] must be specified if [owner] flag is false"]
         )
     store = request.app[API_KEY_STORE]
-    targets = [r.id for r in await store.all() if _selected(r, ids=ids, name=name, username=username)]
-    newly, already = await store.invalidate(targets)
-    return json_response(
-        request,
-        {"invalidated_api_keys": newly, "previously_invalidated_api_keys": already, "error_count": 0},
-    )
+    selected = [r for r in await store.all() if _selected(r, ids=ids, name=name, username=username)]
+    kept = [r.id for r in selected if api_keys.is_bootstrap(r)]
+    newly, already = await store.invalidate([r.id for r in selected if not api_keys.is_bootstrap(r)])
+    answer: dict[str, Any] = {
+        "invalidated_api_keys": newly,
+        "previously_invalidated_api_keys": already,
+        "error_count": len(kept),
+    }
+    if kept:
+        log.warning("refused to invalidate the bootstrap API key [%s]", ",".join(kept))
+        answer["error_details"] = [
+            {
+                "type": "illegal_argument_exception",
+                "reason": f"the bootstrap API key [{key_id}] cannot be invalidated: it is how an operator gets "
+                "back in. Restart the gateways with another INFERQ_BOOTSTRAP_API_KEY to replace it",
+            }
+            for key_id in kept
+        ]
+    return json_response(request, answer)
 
 
 async def authenticate_handler(request: web.Request) -> web.Response:

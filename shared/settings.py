@@ -82,6 +82,7 @@ class WorkerSettings:
     max_take: int = 32  # documents an allocation takes off its queue at once
     max_padding: float = 0.25  # share of a forward pass's tokens that may be padding
     model_dir: str = ""  # local copies of definitions, keyed by content hash
+    confine: bool = True  # Landlock: the process writes only under model_dir and /dev (workers.confinement)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -99,4 +100,5 @@ class WorkerSettings:
             max_take=_int(env, "INFERQ_MAX_TAKE", 32),
             max_padding=_float(env, "INFERQ_MAX_PADDING", 0.25),
             model_dir=_str(env, "INFERQ_MODEL_DIR", os.path.expanduser("~/.cache/inferq/models")),
+            confine=_str(env, "INFERQ_WORKER_CONFINE", "on").lower() not in ("0", "off", "false", "no"),
         )

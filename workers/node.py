@@ -24,6 +24,7 @@ from shared.queue import REQUEUE
 from shared.redis_conn import sync_client, text
 from shared.settings import WorkerSettings
 from workers.allocation import Allocation, AllocationContext, BatchLimits
+from workers.confinement import confine_writes
 from workers.runtime import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -298,8 +299,22 @@ class Node:
         log.info("node %s stopped", self.node_id)
 
 
+def confine(settings: WorkerSettings) -> None:
+    """Before any thread starts: writes only under the model directory (docs/security.md)."""
+    if not settings.confine:
+        log.warning("file-system confinement is off (INFERQ_WORKER_CONFINE=off)")
+        return
+    writable = ["/dev"]
+    if settings.model_dir:
+        os.makedirs(settings.model_dir, mode=0o700, exist_ok=True)
+        writable.append(settings.model_dir)
+    result = confine_writes(writable)
+    (log.info if result.confined else log.warning)("file-system confinement: %s", result.detail)
+
+
 def run(settings: WorkerSettings) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {settings.node_id} %(levelname)s %(message)s")
+    confine(settings)
     node = Node(settings)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
