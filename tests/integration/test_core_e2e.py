@@ -114,7 +114,7 @@ def test_bad_input_gets_elasticsearch_errors(cluster: LocalCluster, tiny_embeddi
     assert status == 400 and body["error"]["type"] == "action_request_validation_exception"
     assert "[part] must be less than total_parts" in body["error"]["reason"]
     status, body = cluster.call("PUT", "/_ml/trained_models/undeployed/definition/0", part)
-    assert status == 200
+    assert status == 400 and "not a TorchScript archive" in body["error"]["reason"]  # the last part is validated
     status, body = cluster.call("PUT", "/_ml/trained_models/undeployed/definition/0", part)
     assert status == 400 and body["error"]["type"] == "resource_already_exists_exception"
     status, body = cluster.call("PUT", "/_ml/trained_models/missing/definition/0", part)

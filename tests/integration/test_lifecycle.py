@@ -245,16 +245,16 @@ def test_stats_counters_are_exact(redis_url: str, minilm_traced: Any, tiny_embed
         assert isinstance(node["start_time"], int) and isinstance(node["last_access"], int)
 
 
-def test_node_failing_to_load_gives_500(trio: LocalCluster, tiny_embedding_model: Any) -> None:
+def test_a_definition_that_is_not_torchscript_is_refused_at_upload_and_start(trio: LocalCluster, tiny_embedding_model: Any) -> None:
     status, _ = trio.call("PUT", "/_ml/trained_models/broken", tiny_embedding_model.config)
     assert status == 200
     garbage = b"this is not torchscript" * 10
     part = {"definition": base64.b64encode(garbage).decode(), "total_definition_length": len(garbage), "total_parts": 1}
-    assert trio.call("PUT", "/_ml/trained_models/broken/definition/0", part)[0] == 200
+    status, body = trio.call("PUT", "/_ml/trained_models/broken/definition/0", part)
+    assert status == 400 and "not a TorchScript archive" in body["error"]["reason"]
     assert trio.call("PUT", "/_ml/trained_models/broken/vocabulary", tiny_embedding_model.vocabulary)[0] == 200
     status, body = trio.call("POST", "/_ml/trained_models/broken/deployment/_start")
-    assert status == 500
-    assert "Could not start trained model deployment, the following nodes failed with errors" in body["error"]["reason"]
+    assert status == 400 and "not a TorchScript archive" in body["error"]["reason"]
     status, body = trio.call("GET", "/_ml/trained_models/broken/_stats")
     assert "deployment_stats" not in body["trained_model_stats"][0]
 
