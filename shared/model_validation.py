@@ -208,20 +208,43 @@ def _collect(trees: dict[str, tuple[str, ast.Module]]) -> _Definitions:
     return found
 
 
+def _function_aliases(function: ast.FunctionDef, defs: _Definitions) -> dict[str, str]:
+    """Locals that hold an archive function (the printer writes ``_0 = __torch__.m.f`` then
+    ``_0(x)``): a name qualifies only if every binding of it in the function is such an
+    assignment (never a parameter, a loop target or anything else)."""
+    held: dict[str, set[str]] = {}
+    alias_targets: set[int] = set()
+    tainted: set[str] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            dotted = _dotted(node.value)
+            if dotted is not None and dotted in defs.functions and ".classes." not in dotted:
+                held.setdefault(node.targets[0].id, set()).add(dotted)
+                alias_targets.add(id(node.targets[0]))
+                continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del) and id(node) not in alias_targets:
+            tainted.add(node.id)
+        elif isinstance(node, ast.arg):
+            tainted.add(node.arg)
+    return {name: targets.pop() for name, targets in held.items() if name not in tainted and len(targets) == 1}
+
+
 class _CodeChecker(ast.NodeVisitor):
     def __init__(self, allowlist: Allowlist, defs: _Definitions, where: str, report: ArchiveReport) -> None:
         self.allowlist, self.defs, self.where, self.report = allowlist, defs, where, report
+        self.aliases: dict[str, str] = {}  # local name -> the archive function it always holds
 
     def use(self, operation: str) -> None:
         self.report.operations.add(operation)
         self.report.where.setdefault(operation, self.where)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
-        outer = self.where
+        outer, outer_aliases = self.where, self.aliases
         self.where = f"{outer}.{node.name}"
+        self.aliases = _function_aliases(node, self.defs)
         self.report.functions += 1
         self.generic_visit(node)
-        self.where = outer
+        self.where, self.aliases = outer, outer_aliases
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         outer = self.where
@@ -251,7 +274,9 @@ class _CodeChecker(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         func = node.func
         dotted = _dotted(func)
-        if isinstance(func, ast.Name):
+        if isinstance(func, ast.Name) and func.id in self.aliases:
+            self._method(self.aliases[func.id].rsplit(".", 1)[1], allow_defined=True)  # prim::CallFunction, checked
+        elif isinstance(func, ast.Name):
             operation = self.allowlist.builtins.get(func.id)
             if operation is None:
                 raise ModelRefused(f"model refused: call of unknown function [{func.id}] in [{self.where}]")
