@@ -336,8 +336,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except BodyReadTimeout as error:
+        # Answer, then close at once: the rest of the body may still come (never parse it as a
+        # request) and aiohttp would otherwise linger reading it.
         response = error_response(request, error)
-        response.force_close()  # the rest of the body may still come: never parse it as a request
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        if request.transport is not None:
+            request.transport.close()
         return response
     except InferqError as error:
         return error_response(request, error)
