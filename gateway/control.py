@@ -410,7 +410,7 @@ class ControlPlane:
                     continue
                 # different hash tags: move item by item through this process (rare path)
                 await self._move_list(dead_queue, keys.queue(deployment_id, heirs[0]))
-            if not leftovers:
+            if not leftovers and await node_registry.dead_for_ms(self.redis, node_id) >= node_registry.REAP_GRACE_MS:
                 await node_registry.forget(self.redis, node_id)
 
     async def _move_list(self, source: str, destination: str) -> None:

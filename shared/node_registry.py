@@ -162,4 +162,24 @@ async def known_node_ids(client: aioredis.Redis) -> list[str]:
 
 
 async def forget(client: aioredis.Redis, node_id: str) -> None:
-    await client.srem(keys.NODES, node_id)
+    """A dead node is gone for good (it registers again if it ever comes back)."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.srem(keys.NODES, node_id)
+        pipe.delete(keys.node_info(node_id))
+        await pipe.execute()
+
+
+REAP_GRACE_MS = 5000  # a dead node stays known this long: its queue is handed over on every pass
+
+
+async def dead_for_ms(client: aioredis.Redis, node_id: str) -> int:
+    """How long the planner has seen this (dead) node dead: the first call notes the time in its
+    hash (``reaped_ms``; registering again clears it) and returns 0. A producer whose view lagged
+    may still push onto the dead node's queue for a moment; the planner keeps handing it over
+    until ``REAP_GRACE_MS`` has passed, then forgets the node."""
+    now = now_ms()
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hsetnx(keys.node_info(node_id), "reaped_ms", now)
+        pipe.hget(keys.node_info(node_id), "reaped_ms")
+        _, first = await pipe.execute()
+    return now - int(first or now)
