@@ -106,6 +106,7 @@ class Allocation(threading.Thread):
         self.connect = connect
         self.on_exit = on_exit
         self.stop_requested = threading.Event()  # finish the current batch, then exit
+        self.busy_since_s: float | None = None  # time.monotonic() when the batch being served was taken
         self.drain_requested = threading.Event()  # exit once the queue is empty
         self.queue_key = keys.queue(context.deployment_id, context.node_id)
         self.processing_key = keys.processing(context.deployment_id, context.node_id, f"a{index}")
@@ -142,7 +143,11 @@ class Allocation(threading.Thread):
                         if self.drain_requested.is_set():
                             break
                         continue
-                    self.serve(client, complete, items)
+                    self.busy_since_s = time.monotonic()
+                    try:
+                        self.serve(client, complete, items)
+                    finally:
+                        self.busy_since_s = None
                 except redis.RedisError as exc:
                     # Redis is away: what we took stays in our processing list and is
                     # requeued on restart; keep the allocation alive and retry.

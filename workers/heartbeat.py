@@ -2,11 +2,14 @@
 
 A tokenizer call or a forward pass can hold the parent's GIL for seconds, so no thread of the
 node process keeps its alive key. The node starts ``python -m workers.heartbeat`` with a pipe on
-its stdin and writes a byte to it every ``PROGRESS_INTERVAL_S`` from a thread (that write needs
-the GIL: it is the node's proof of progress). The child, which shares no GIL with the node:
+its stdin and writes a line to it every ``PROGRESS_INTERVAL_S`` from a thread (that write needs
+the GIL: it is the node's proof of progress); the line says for how many milliseconds every
+allocation of one of its deployments has been busy on one batch (its queue is not draining).
+The child, which shares no GIL with the node:
 
-- writes the alive key every third of the TTL, with how long the node has been stalled (the
-  gateways stop routing to a stalled node, ``shared.node_registry.suspect``);
+- writes the alive key every third of the TTL, with how long the node has been stalled: no
+  line for that long, or the busy time it last reported (the gateways stop routing to a
+  stalled node and the planner hands its queue over, ``shared.node_registry.suspect``);
 - registers the node again whenever its alive key, its hash or its ``inferq:nodes`` entry is
   gone (reaped after a lapse, a Redis restarted without persistence or failed over);
 - stops beating while the node has been stalled for ``hung_after_s`` (a truly hung node is
@@ -30,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -65,8 +68,9 @@ class HeartbeatConfig:
 class Heartbeat:
     """The node's side: starts the child, feeds it progress, starts it again if it dies."""
 
-    def __init__(self, config: HeartbeatConfig) -> None:
+    def __init__(self, config: HeartbeatConfig, busy_s: Callable[[], float] = lambda: 0.0) -> None:
         self.config = config
+        self.busy_s = busy_s
         self.child: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._feed, name="heartbeat-progress", daemon=True)
@@ -85,7 +89,7 @@ class Heartbeat:
                 assert child is not None and child.stdin is not None
                 if child.poll() is not None:
                     raise BrokenPipeError(f"heartbeat process exited with {child.returncode}")
-                child.stdin.write(b".")
+                child.stdin.write(b"%d\n" % int(self.busy_s() * 1000))
                 child.stdin.flush()
             except (BrokenPipeError, OSError, AssertionError) as exc:
                 if self._stop.is_set():
@@ -110,6 +114,8 @@ def watch(config: HeartbeatConfig, progress_fd: int) -> None:
     client = sync_client(config.redis_url)
     interval_s = config.ttl_s / 3
     last_progress = time.monotonic()
+    busy_ms = 0
+    pending = b""
     next_beat = 0.0
     while True:
         now = time.monotonic()
@@ -117,16 +123,21 @@ def watch(config: HeartbeatConfig, progress_fd: int) -> None:
         if now >= next_beat:
             next_beat = now + interval_s
             if stalled_s < config.hung_after_s:
-                _beat(client, config, int(stalled_s * 1000))
+                _beat(client, config, max(int(stalled_s * 1000), busy_ms))
             else:
                 log.warning("node %s made no progress for %.0f s: not beating", config.node_id, stalled_s)
         readable, _, _ = select.select([progress_fd], [], [], max(0.0, min(next_beat - now, PROGRESS_INTERVAL_S)))
         if readable:
-            if not os.read(progress_fd, 4096):
+            chunk = os.read(progress_fd, 4096)
+            if not chunk:
                 break  # the node's end of the pipe closed: it exited or was killed
-            last_progress = time.monotonic()
-            if stalled_s >= 1.0:  # back from a long stall: say so at once
-                next_beat = 0.0
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            if lines:
+                was_busy_ms, busy_ms = busy_ms, int(lines[-1] or 0)
+                last_progress = time.monotonic()
+                if stalled_s >= 1.0 or (was_busy_ms >= 1000) != (busy_ms >= 1000):
+                    next_beat = 0.0  # a stall began or ended: say so at once
         if os.getppid() != config.node_pid:
             break  # re-parented: the node is gone even if something else holds the pipe
     mark_down(client, config.node_id)

@@ -151,6 +151,16 @@ class DeploymentRunner:
         with self.lock:
             return self.closing and not self.allocations and not self.loader.is_alive()
 
+    def busy_s(self, now_s: float) -> float:
+        """How long every allocation has been on its current batch (0 when one is free): a
+        queue nobody takes from for seconds is not draining."""
+        with self.lock:
+            active = [a for a in self.allocations if not a.stop_requested.is_set()]
+        since = [a.busy_since_s for a in active]
+        if not active or any(s is None for s in since):
+            return 0.0
+        return now_s - max(s for s in since if s is not None)
+
     def live_allocations(self) -> int:
         with self.lock:
             return sum(1 for a in self.allocations if not a.stop_requested.is_set() and not a.drain_requested.is_set())
@@ -185,7 +195,8 @@ class Node:
             HeartbeatConfig(
                 settings.redis_url, self.node_id, settings.processors, settings.memory_bytes,
                 settings.heartbeat_ttl_s, settings.hung_after_s, os.getpid(),
-            )
+            ),
+            busy_s=self.busy_s,
         )  # fmt: skip
 
     def connect_blocking(self) -> redis.Redis:
@@ -265,6 +276,11 @@ class Node:
         source, destination = keys.queue(deployment_id, self.node_id), keys.queue(deployment_id, heirs[0])
         while self.client.lmove(source, destination, "LEFT", "RIGHT") is not None:
             pass
+
+    def busy_s(self) -> float:
+        """The longest a deployment's queue here has gone untaken (every allocation busy)."""
+        now_s = time.monotonic()
+        return max((runner.busy_s(now_s) for runner in list(self.runners.values())), default=0.0)
 
     def _restore_routes(self) -> None:
         """Report again a route Redis no longer has (the node was reaped after a lapse, or Redis

@@ -11,7 +11,15 @@ import pytest
 import redis
 
 from tests.cluster import local_cluster, start, upload
-from tests.faults.harness import Load, bad_answers, infer_once, leaked_keys, redis_process, serving_nodes, wait_until
+from tests.faults.harness import (
+    Load,
+    bad_answers,
+    infer_once,
+    leaked_keys,
+    redis_process,
+    serving_nodes,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
