@@ -91,7 +91,7 @@ def create_app(settings: GatewaySettings, *, redis: aioredis.Redis | None = None
         await producer.start()
         app[PRODUCER] = producer
         stop = asyncio.Event()
-        planner = asyncio.create_task(planner_loop(app[CONTROL], settings.planner_interval_s, stop))
+        planner = asyncio.create_task(planner_loop(app[CONTROL], settings.planner_interval_s, stop, producer.watcher.node_events))
         yield
         stop.set()
         planner.cancel()

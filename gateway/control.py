@@ -3,6 +3,12 @@
 Every change of a deployment document happens under the cluster lease, so any number of
 gateways can serve these calls (and run the planner loop) against one Redis. Nodes only
 write their own routes; they react to the documents (see ``workers.node``).
+
+Self-healing, in the planner pass: a dead node's queue and in-flight requests go to a live
+node (in-flight ones count a delivery, ``REQUEUE_COUNTED``); the queue of a node that is alive
+but stalled (``node_registry.suspect``) goes to a healthy one; a ``_stop`` whose gateway died
+before finishing it is finished. Every control operation writes each document whole, so one
+interrupted half way leaves documents the next pass re-plans as they are.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from shared.errors import (
 from shared.lease import cluster_lease
 from shared.model_store import ModelStore
 from shared.planner import DeploymentDemand, NodeCapacity, Plan, estimate_memory_bytes, plan
+from shared.queue import REQUEUE_COUNTED
 from shared.redis_conn import text
 from shared.units import format_time_ms
 from shared.wire import InferReply, InferRequest, WireError
@@ -42,6 +49,10 @@ log = logging.getLogger(__name__)
 
 MAX_DEPLOYMENTS = 100
 STOPPING_REASON = "inference canceled as process is stopping"
+STOP_TIMEOUT_S = 30.0  # how long _stop waits for the nodes to let go
+# a stop the planner finishes itself: nothing live still routes it after this long (its
+# gateway died before the end), or whatever is left after the stop's own timeout
+ORPHANED_STOP_AFTER_S = 5.0
 
 
 def now_ms() -> int:
@@ -66,6 +77,7 @@ class ControlPlane:
         self.redis = client
         self.models = ModelStore(client)
         self.deployments = DeploymentStore(client)
+        self._requeue_counted = client.register_script(REQUEUE_COUNTED)
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -228,12 +240,13 @@ class ControlPlane:
 
     # ---- stop --------------------------------------------------------------------------------
 
-    async def stop(self, deployment_id: str, *, finish_pending_work: bool, timeout_s: float = 30.0) -> None:
+    async def stop(self, deployment_id: str, *, finish_pending_work: bool, timeout_s: float = STOP_TIMEOUT_S) -> None:
         async with cluster_lease(self.redis):
             doc = await self.deployments.get(deployment_id)
             if doc is None:
                 raise deployment_not_found(deployment_id)
             doc["assignment_state"] = "stopping"
+            doc["stopping_since_ms"] = now_ms()  # the planner finishes a stop whose gateway died
             doc["finish_pending_work"] = finish_pending_work
             doc["targets"] = {}
             await self.deployments.put(doc)
@@ -342,7 +355,43 @@ class ControlPlane:
         result = await self._plan_with(docs)
         changed = await self._apply(docs, result)
         await self._reap_dead_nodes()
+        await self._finish_orphaned_stops(docs)
+        await self._hand_over_stalled(docs)
         return changed
+
+    async def _finish_orphaned_stops(self, docs: list[dict[str, Any]]) -> None:
+        """Finish the ``_stop`` of a gateway that died half way: cancel what is queued, remove."""
+        stopping = [d for d in docs if d.get("assignment_state") == "stopping"]
+        if not stopping:
+            return
+        live = {n.node_id for n in await node_registry.live_nodes(self.redis)}
+        for doc in stopping:
+            deployment_id = doc["deployment_id"]
+            age_s = (now_ms() - int(doc.get("stopping_since_ms", 0))) / 1000
+            routed = any(node in live for node in await self.deployments.routes(deployment_id))
+            if age_s >= STOP_TIMEOUT_S + ORPHANED_STOP_AFTER_S or (age_s >= ORPHANED_STOP_AFTER_S and not routed):
+                log.warning("finishing the interrupted stop of deployment [%s]", deployment_id)
+                await self.cancel_queued(deployment_id)
+                await self._remove(deployment_id)
+
+    async def _hand_over_stalled(self, docs: list[dict[str, Any]]) -> None:
+        """Queued (not yet taken) requests of a live node whose process is stalled go to a
+        healthy node of the same deployment: the gateways already route new ones elsewhere."""
+        stalled = await node_registry.suspect_nodes(self.redis, await node_registry.known_node_ids(self.redis))
+        if not stalled:
+            return
+        for doc in docs:
+            if doc.get("assignment_state") == "stopping":
+                continue
+            deployment_id = doc["deployment_id"]
+            targets = doc.get("targets", {})
+            heirs = sorted(n for n, a in targets.items() if a > 0 and n not in stalled)
+            routes = await self.deployments.routes(deployment_id)
+            heirs = [n for n in heirs if n in routes and routes[n].routing_state == "started"]
+            if not heirs:
+                continue
+            for node_id in sorted(stalled & set(targets)):
+                await self._move_list(keys.queue(deployment_id, node_id), keys.queue(deployment_id, heirs[0]))
 
     async def _reap_dead_nodes(self) -> None:
         live = {n.node_id for n in await node_registry.live_nodes(self.redis)}
@@ -359,19 +408,20 @@ class ControlPlane:
                     await self.deployments.drop_route(deployment_id, node_id)
                     await self.deployments.bump()
                 heirs = sorted(n for n, a in doc.get("targets", {}).items() if a > 0 and n in live)
-                allocations = await self.redis.smembers(keys.dn_allocations(deployment_id, node_id))
-                sources = [keys.queue(deployment_id, node_id)] + [
-                    keys.processing(deployment_id, node_id, text(a)) for a in sorted(allocations)
-                ]
-                for source in sources:
-                    if not await self.redis.exists(source):
-                        continue
-                    if not heirs:
-                        leftovers = True
-                        continue
-                    # different hash tags: move item by item through this process (rare path)
-                    await self._move_list(source, keys.queue(deployment_id, heirs[0]))
-            if not leftovers:
+                dead_queue = keys.queue(deployment_id, node_id)
+                # in-flight requests back on the dead node's queue first (served next), each
+                # counting a delivery: a request that kills its workers is not run for ever
+                for allocation in sorted(await self.redis.smembers(keys.dn_allocations(deployment_id, node_id))):
+                    processing = keys.processing(deployment_id, node_id, text(allocation))
+                    await self._requeue_counted(keys=[processing, dead_queue])
+                if not await self.redis.exists(dead_queue):
+                    continue
+                if not heirs:
+                    leftovers = True
+                    continue
+                # different hash tags: move item by item through this process (rare path)
+                await self._move_list(dead_queue, keys.queue(deployment_id, heirs[0]))
+            if not leftovers and await node_registry.dead_for_ms(self.redis, node_id) >= node_registry.REAP_GRACE_MS:
                 await node_registry.forget(self.redis, node_id)
 
     async def _move_list(self, source: str, destination: str) -> None:
@@ -381,9 +431,14 @@ class ControlPlane:
                 return
 
 
-async def planner_loop(control: ControlPlane, interval_s: float, stop: asyncio.Event) -> None:
-    """Re-plan every ``interval_s`` (node joins, deaths, freed capacity), one gateway at a time."""
+async def planner_loop(
+    control: ControlPlane, interval_s: float, stop: asyncio.Event, wake: asyncio.Event | None = None
+) -> None:
+    """Re-plan every ``interval_s`` (node joins, deaths, freed capacity), one gateway at a time,
+    and at once when ``wake`` is set (a node came or went)."""
     from shared.lease import release, try_lease
+
+    wake = wake or asyncio.Event()
 
     while not stop.is_set():
         try:
@@ -397,7 +452,8 @@ async def planner_loop(control: ControlPlane, interval_s: float, stop: asyncio.E
             raise
         except Exception as exc:
             log.warning("planner pass failed: %s", exc)
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        except TimeoutError:
-            pass
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+        await asyncio.wait(waits, timeout=interval_s, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waits:
+            waiter.cancel()
+        wake.clear()

@@ -2,7 +2,9 @@
 
 Producers route every request from this view, so the hot path reads no cluster state from
 Redis: the view reloads when ``inferq:events`` announces a change, and every
-``refresh_s`` in case a message was missed.
+``refresh_s`` in case a message was missed. Each reload also reads the alive keys of the
+routed nodes: a node that is suspect (beat late, process stalled: ``node_registry.suspect``)
+gets no new requests while another node can take them, before the planner declares it dead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import redis.asyncio as aioredis
 
 from shared import keys
 from shared.deployment_store import RouteStatus
+from shared.node_registry import suspect_nodes
 from shared.redis_conn import text
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 class DeploymentView:
     doc: dict[str, Any]
     routes: dict[str, RouteStatus]
+    suspect: frozenset[str] = frozenset()  # nodes to avoid while others can serve
 
     @property
     def deployment_id(self) -> str:
@@ -53,13 +57,16 @@ class DeploymentView:
         return str(self.doc.get("cache_policy", "lfu"))
 
     def routable_weights(self) -> dict[str, int]:
-        """Nodes that take new requests: route started, allocations > 0, still targeted."""
+        """Nodes that take new requests: route started, allocations > 0, still targeted, and not
+        suspect (unless every such node is)."""
         targets: dict[str, int] = self.doc.get("targets", {})
-        return {
+        weights = {
             node: route.current_allocations
             for node, route in self.routes.items()
             if route.routing_state == "started" and route.current_allocations > 0 and targets.get(node, 0) > 0
         }
+        healthy = {node: w for node, w in weights.items() if node not in self.suspect}
+        return healthy or weights
 
     def start_ms(self, node_id: str) -> int:
         route = self.routes.get(node_id)
@@ -88,14 +95,16 @@ async def load_view(client: aioredis.Redis) -> ClusterView:
             pipe.get(keys.deployment(deployment_id))
             pipe.hgetall(keys.routes(deployment_id))
         replies = await pipe.execute()
-    view = ClusterView()
+    loaded: list[tuple[dict[str, Any], dict[str, RouteStatus]]] = []
     for i, _ in enumerate(ids):
         raw_doc, raw_routes = replies[2 * i], replies[2 * i + 1]
         if raw_doc is None:
             continue
-        doc = json.loads(raw_doc)
-        routes = {text(n): RouteStatus.from_json(v) for n, v in raw_routes.items()}
-        dv = DeploymentView(doc, routes)
+        loaded.append((json.loads(raw_doc), {text(n): RouteStatus.from_json(v) for n, v in raw_routes.items()}))
+    suspects = await suspect_nodes(client, sorted({n for _, routes in loaded for n in routes}))
+    view = ClusterView()
+    for doc, routes in loaded:
+        dv = DeploymentView(doc, routes, suspects)
         view.deployments[dv.deployment_id] = dv
         view.by_model.setdefault(dv.model_id, []).append(dv.deployment_id)
     return view
@@ -110,6 +119,7 @@ class ViewWatcher:
         self.refresh_s = refresh_s
         self.view = ClusterView()
         self._changed = asyncio.Event()
+        self.node_events = asyncio.Event()  # set on a node joining or leaving (the planner waits on it)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
@@ -139,6 +149,8 @@ class ViewWatcher:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if message is not None:
                             self._changed.set()
+                            if message.get("data") == b"node":
+                                self.node_events.set()
                 finally:
                     await pubsub.aclose()
             except asyncio.CancelledError:

@@ -104,8 +104,11 @@ class SyncDeploymentStore:
     def __init__(self, redis_client: redis.Redis) -> None:
         self.redis = redis_client
 
+    def ids(self) -> list[str]:
+        return sorted(text(d) for d in self.redis.smembers(keys.DEPLOYMENTS))
+
     def all(self) -> list[dict[str, Any]]:
-        ids = sorted(text(d) for d in self.redis.smembers(keys.DEPLOYMENTS))
+        ids = self.ids()
         if not ids:
             return []
         raws = self.redis.mget([keys.deployment(d) for d in ids])
@@ -117,6 +120,14 @@ class SyncDeploymentStore:
         pipe.incr(keys.STATE_VERSION)
         pipe.publish(keys.EVENTS, b"route")
         pipe.execute()
+
+    def own_routes(self, deployment_ids: list[str], node_id: str) -> dict[str, RouteStatus | None]:
+        """This node's route of each deployment, None where it is missing."""
+        pipe = self.redis.pipeline(transaction=False)
+        for deployment_id in deployment_ids:
+            pipe.hget(keys.routes(deployment_id), node_id)
+        raws = pipe.execute()
+        return {d: None if r is None else RouteStatus.from_json(r) for d, r in zip(deployment_ids, raws, strict=True)}
 
     def drop_route(self, deployment_id: str, node_id: str) -> None:
         pipe = self.redis.pipeline(transaction=False)

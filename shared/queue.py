@@ -9,7 +9,10 @@ unchanged on Redis Cluster.
 - ``TAKE``: move up to N more items into an allocation's processing list (batching), at
   most its share of the queue.
 - ``COMPLETE``: cache the new results, record stats, drop the processing list.
-- ``REQUEUE``: move a list's items back to a queue (a dead or restarted node's work).
+- ``REQUEUE``: move a list's items back to a queue (an allocation's own work after a Redis error).
+- ``REQUEUE_COUNTED``: the same for the work of a worker that died holding it: each request's
+  delivery count goes up by one (``InferRequest.deliveries``; a worker answers a request past
+  its ``max_redeliveries`` with an error instead of running it again).
 """
 
 from __future__ import annotations
@@ -81,5 +84,8 @@ return 1
 
 # KEYS: src, dst.  Returns the number of items moved.
 REQUEUE = compose("queue", body="return queue_requeue(KEYS[1], KEYS[2])")
+
+# KEYS: src, dst.  Returns the number of items moved.
+REQUEUE_COUNTED = compose("queue", body="return queue_requeue_counted(KEYS[1], KEYS[2])")
 
 DISPATCH_QUEUED, DISPATCH_HIT, DISPATCH_FULL = 0, 1, 2

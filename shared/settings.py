@@ -75,6 +75,8 @@ class WorkerSettings:
     memory_bytes: int = 8 * 1024**3
     redis_url: str = DEFAULT_REDIS_URL
     heartbeat_ttl_s: float = 6.0
+    hung_after_s: float = 60.0  # the node's process stalled this long stops heartbeating (declared dead)
+    max_redeliveries: int = 1  # a request whose worker died holding it is run again this many times
     reconcile_interval_s: float = 0.5
     max_batch_size: int = 8  # documents per forward pass (docs/benchmarks.md)
     max_batch_tokens: int = 8192
@@ -93,6 +95,8 @@ class WorkerSettings:
             memory_bytes=_int(env, "INFERQ_MEMORY_BYTES", 8 * 1024**3),
             redis_url=_str(env, "INFERQ_REDIS_URL", DEFAULT_REDIS_URL),
             heartbeat_ttl_s=_float(env, "INFERQ_HEARTBEAT_TTL_S", 6.0),
+            hung_after_s=_float(env, "INFERQ_HUNG_AFTER_S", 60.0),
+            max_redeliveries=_int(env, "INFERQ_MAX_REDELIVERIES", 1),
             reconcile_interval_s=_float(env, "INFERQ_RECONCILE_INTERVAL_S", 0.5),
             max_batch_size=_int(env, "INFERQ_MAX_BATCH_SIZE", 8),
             max_batch_tokens=_int(env, "INFERQ_MAX_BATCH_TOKENS", 8192),

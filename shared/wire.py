@@ -28,21 +28,24 @@ class InferRequest:
     deadline_ms: int
     enqueued_ms: int
     digest: str = ""  # cache key of the result; "" when the deployment's cache is off
+    # times the request was put back after the worker holding it died (REQUEUE_COUNTED adds it)
+    deliveries: int = 0
 
     def pack(self) -> bytes:
-        return msgpack.packb(
-            {
-                "v": VERSION,
-                "id": self.id,
-                "reply_to": self.reply_to,
-                "deployment_id": self.deployment_id,
-                "text": self.text,
-                "config": self.config,
-                "deadline_ms": self.deadline_ms,
-                "enqueued_ms": self.enqueued_ms,
-                "digest": self.digest,
-            }
-        )
+        message: dict[str, Any] = {
+            "v": VERSION,
+            "id": self.id,
+            "reply_to": self.reply_to,
+            "deployment_id": self.deployment_id,
+            "text": self.text,
+            "config": self.config,
+            "deadline_ms": self.deadline_ms,
+            "enqueued_ms": self.enqueued_ms,
+            "digest": self.digest,
+        }
+        if self.deliveries:
+            message["deliveries"] = self.deliveries
+        return msgpack.packb(message)
 
     @staticmethod
     def unpack(raw: bytes) -> InferRequest:
@@ -57,6 +60,7 @@ class InferRequest:
                 deadline_ms=int(data["deadline_ms"]),
                 enqueued_ms=int(data.get("enqueued_ms", 0)),
                 digest=str(data.get("digest", "")),
+                deliveries=int(data.get("deliveries", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"bad request message: {exc}") from exc

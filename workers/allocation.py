@@ -9,7 +9,9 @@ are skipped; the rest are sorted by length and run in forward passes of similar 
 replies go out as soon as it ends; the last pass's go in one pipelined round trip with
 ``COMPLETE`` (cache the results, record stats, drop the processing list). A crash between the
 pop and ``COMPLETE`` leaves the items in the processing list, from where they are requeued
-(at-least-once; producers ignore duplicate replies).
+(at-least-once; producers ignore duplicate replies) with their delivery count raised; a request
+redelivered more than ``max_redeliveries`` times is answered with an error instead of being run
+again (a request that kills its worker cannot knock over node after node).
 
 Knobs (``WorkerSettings``, docs/benchmarks.md): ``INFERQ_MAX_BATCH_SIZE`` (documents per
 forward pass; 1 turns batching off), ``INFERQ_MAX_TAKE`` (documents taken off the queue at
@@ -81,6 +83,7 @@ class AllocationContext:
     start_ms: int
     limits: BatchLimits
     peers: Callable[[], int] = lambda: 1  # allocations serving this queue now (this one included)
+    max_redeliveries: int = 1  # runs of a request after the first, when its worker died holding it
 
 
 def now_ms() -> int:
@@ -103,6 +106,7 @@ class Allocation(threading.Thread):
         self.connect = connect
         self.on_exit = on_exit
         self.stop_requested = threading.Event()  # finish the current batch, then exit
+        self.busy_since_s: float | None = None  # time.monotonic() when the batch being served was taken
         self.drain_requested = threading.Event()  # exit once the queue is empty
         self.queue_key = keys.queue(context.deployment_id, context.node_id)
         self.processing_key = keys.processing(context.deployment_id, context.node_id, f"a{index}")
@@ -149,7 +153,11 @@ class Allocation(threading.Thread):
                         if self.drain_requested.is_set():
                             break
                         continue
-                    self.serve(client, complete, items)
+                    self.busy_since_s = time.monotonic()
+                    try:
+                        self.serve(client, complete, items)
+                    finally:
+                        self.busy_since_s = None
                 except redis.RedisError as exc:
                     # Redis is away: what we took stays in our processing list and is
                     # requeued on restart; keep the allocation alive and retry.
@@ -188,6 +196,12 @@ class Allocation(threading.Thread):
         live = [r for r in requests if r.deadline_ms > now]  # nobody waits for the others any more
         reply_to = {r.id: r.reply_to for r in live}
         outcome = _BatchOutcome()
+        poisoned = [r for r in live if r.deliveries > self.context.max_redeliveries]
+        if poisoned:
+            live = [r for r in live if r.deliveries <= self.context.max_redeliveries]
+            for request in poisoned:
+                log.warning("request %s: its worker died %d times holding it; not run again", request.id, request.deliveries)
+                outcome.fail([request], self.context.node_id, redelivery_exhausted(request.deliveries, self.context.max_redeliveries))
         task = self.model.task
         prepared: list[tuple[InferRequest, Prepared]] = []
         shapes: list[Shape] = []
@@ -272,6 +286,14 @@ class Allocation(threading.Thread):
         for result in outcomes:
             if isinstance(result, Exception):
                 log.warning("completing a batch: %s", result)
+
+
+def redelivery_exhausted(deliveries: int, max_redeliveries: int) -> InferenceFailed:
+    return InferenceFailed(
+        f"inference request abandoned: the worker node running it died [{deliveries}] times while "
+        f"inferring it and it may be what crashes the inference process; it is not retried more than "
+        f"[{max_redeliveries}] times (INFERQ_MAX_REDELIVERIES)"
+    )
 
 
 @dataclass

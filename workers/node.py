@@ -1,7 +1,8 @@
 """The worker node process: register, heartbeat, reconcile to the plan, serve, drain.
 
-One process per node. It declares its processors and memory, keeps its heartbeat key alive
-from a side thread, and every ``reconcile_interval_s`` (or at once on an ``inferq:events``
+One process per node. It declares its processors and memory, has its liveness kept by a
+heartbeat child process (``workers.heartbeat``: inference holding the GIL cannot starve it,
+and it registers the node again whenever Redis forgot it), and every ``reconcile_interval_s`` (or at once on an ``inferq:events``
 message) makes its deployments match the documents the planner wrote: load a model once,
 run ``targets[node]`` allocations on it, report the route, and drain or stop what is no
 longer assigned. SIGTERM stops taking work, finishes in-flight batches, then exits.
@@ -20,11 +21,12 @@ import redis
 
 from shared import keys, node_registry
 from shared.deployment_store import RouteStatus, SyncDeploymentStore
-from shared.queue import REQUEUE
+from shared.queue import REQUEUE_COUNTED
 from shared.redis_conn import sync_client, text
 from shared.settings import WorkerSettings
 from workers.allocation import Allocation, AllocationContext, BatchLimits
 from workers.confinement import confine_writes
+from workers.heartbeat import Heartbeat, HeartbeatConfig
 from workers.runtime import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,7 @@ class DeploymentRunner:
             start_ms=self.started_ms,
             limits=BatchLimits.from_settings(settings),
             peers=lambda: max(1, self.target),
+            max_redeliveries=settings.max_redeliveries,
         )
 
     def drain(self) -> None:
@@ -149,6 +152,16 @@ class DeploymentRunner:
         with self.lock:
             return self.closing and not self.allocations and not self.loader.is_alive()
 
+    def busy_s(self, now_s: float) -> float:
+        """How long every allocation has been on its current batch (0 when one is free): a
+        queue nobody takes from for seconds is not draining."""
+        with self.lock:
+            active = [a for a in self.allocations if not a.stop_requested.is_set()]
+        since = [a.busy_since_s for a in active]
+        if not active or any(s is None for s in since):
+            return 0.0
+        return now_s - max(s for s in since if s is not None)
+
     def live_allocations(self) -> int:
         with self.lock:
             return sum(1 for a in self.allocations if not a.stop_requested.is_set() and not a.drain_requested.is_set())
@@ -179,6 +192,13 @@ class Node:
         self.runners: dict[str, DeploymentRunner] = {}
         self.stopping = threading.Event()
         self._wake = threading.Event()
+        self.heartbeat = Heartbeat(
+            HeartbeatConfig(
+                settings.redis_url, self.node_id, settings.processors, settings.memory_bytes,
+                settings.heartbeat_ttl_s, settings.hung_after_s, os.getpid(),
+            ),
+            busy_s=self.busy_s,
+        )  # fmt: skip
 
     def connect_blocking(self) -> redis.Redis:
         return sync_client(self.settings.redis_url, blocking=True)
@@ -193,7 +213,7 @@ class Node:
             self.client, self.node_id, self.settings.processors, self.settings.memory_bytes, self.settings.heartbeat_ttl_s
         )
         self.requeue_leftovers()
-        threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True).start()
+        self.heartbeat.start()
         threading.Thread(target=self._event_loop, name="events", daemon=True).start()
         log.info("node %s up: %d processors", self.node_id, self.settings.processors)
         while not self.stopping.is_set():
@@ -206,8 +226,9 @@ class Node:
         self.shutdown()
 
     def requeue_leftovers(self) -> None:
-        """Put back what this node's allocations held when the process last died."""
-        requeue = self.client.register_script(REQUEUE)
+        """Put back what this node's allocations held when the process last died (each request
+        counts one more delivery)."""
+        requeue = self.client.register_script(REQUEUE_COUNTED)
         for raw_deployment in self.client.smembers(keys.node_deployments(self.node_id)):
             deployment_id = text(raw_deployment)
             queue_key = keys.queue(deployment_id, self.node_id)
@@ -219,6 +240,7 @@ class Node:
 
     def reconcile(self) -> None:
         docs = {d["deployment_id"]: d for d in self.store.all()}
+        self._restore_routes()
         for deployment_id, doc in docs.items():
             runner = self.runners.get(deployment_id)
             if runner is not None and runner.uid != doc["uid"]:
@@ -257,14 +279,22 @@ class Node:
         while self.client.lmove(source, destination, "LEFT", "RIGHT") is not None:
             pass
 
-    def _heartbeat_loop(self) -> None:
-        interval = self.settings.heartbeat_ttl_s / 3
-        while not self.stopping.is_set():
-            try:
-                node_registry.heartbeat(self.client, self.node_id, self.settings.heartbeat_ttl_s)
-            except redis.RedisError as exc:
-                log.warning("heartbeat failed: %s", exc)
-            self.stopping.wait(interval)
+    def busy_s(self) -> float:
+        """The longest a deployment's queue here has gone untaken (every allocation busy)."""
+        now_s = time.monotonic()
+        return max((runner.busy_s(now_s) for runner in list(self.runners.values())), default=0.0)
+
+    def _restore_routes(self) -> None:
+        """Report again a route Redis no longer has (the node was reaped after a lapse, or Redis
+        restarted or failed over), so the gateways route here again without a restart."""
+        runners = sorted(self.runners)
+        if not runners:
+            return
+        for deployment_id, stored in self.store.own_routes(runners, self.node_id).items():
+            runner = self.runners[deployment_id]
+            if stored != runner.reported:
+                runner.reported = None
+                runner.report()
 
     def _event_loop(self) -> None:
         while not self.stopping.is_set():
@@ -296,6 +326,7 @@ class Node:
             except redis.RedisError:
                 pass
         node_registry.deregister(self.client, self.node_id)
+        self.heartbeat.stop()
         log.info("node %s stopped", self.node_id)
 
 

@@ -7,6 +7,10 @@ splits one text, or a pair, into the windows (model rows) Elasticsearch would se
 native process: truncated to ``max_sequence_length``, or split into overlapping windows when
 ``truncate`` is ``none`` and ``span`` is set. Offsets are character offsets (Python string
 indices) into the original text.
+
+Work is bounded by what is kept: when a text is truncated, only a prefix of it is tokenized,
+grown until it yields the tokens the window keeps (``encode_prefix``), so a 5 MB text costs
+about what a 512-token one does. Span windows tokenize the whole text (linear in its length).
 """
 
 from __future__ import annotations
@@ -295,6 +299,24 @@ class NlpTokenizer:
             last_raw = raw
         return InnerTokens(ids=ids, offsets=offsets, word_ids=word_ids)
 
+    def encode_prefix(self, text: str, limit: int) -> tuple[InnerTokens, bool]:
+        """``(tokens, whole)``: the whole text's tokens (``whole``), or those of a prefix whose first
+        ``limit + 1`` tokens are exactly the whole text's (so the text has more than ``limit``).
+
+        A cut inside the text only changes the tokens of the word it cuts (normalizers and
+        pre-tokenizers of every supported family work word by word), so a prefix is long enough
+        once a token after the first ``limit`` belongs to an earlier word than its last one. The
+        prefix starts at a few characters per token and doubles: at most about twice the work
+        of the kept tokens, or of the whole text when its words are very long.
+        """
+        chars = 8 * (limit + 1) + 64
+        while chars < len(text):
+            inner = self.encode(text[:chars])
+            if len(inner.ids) > limit + 1 and inner.word_ids[limit] != inner.word_ids[-1]:
+                return inner, False
+            chars *= 2
+        return self.encode(text), True
+
     # ---- single sequence -------------------------------------------------------------------------
 
     def _single_window(self, inner: InnerTokens, start: int, end: int, span_prev: int) -> Window:
@@ -321,11 +343,12 @@ class NlpTokenizer:
         truncate = self.settings.truncate if truncate is None else truncate
         span = self.settings.span if span is None else span
         max_len = self.settings.max_sequence_length
-        inner = self.encode(text)
-        n = len(inner.ids)
         extra = self.specials.single_extra if self.settings.with_special_tokens else 0
-        num_tokens = n + extra
         room = max_len - extra
+        # truncating: tokenize no more than the window keeps (n is exact up to room + 1)
+        inner = self.encode_prefix(text, max(room, 0))[0] if truncate != "none" else self.encode(text)
+        n = len(inner.ids)
+        num_tokens = n + extra
         if num_tokens <= max_len:
             return Tokenization([self._single_window(inner, 0, n, -1)], truncated=False, inner=inner)
         if truncate != "none":
@@ -397,15 +420,23 @@ class NlpTokenizer:
         if not self.settings.with_special_tokens:
             raise IllegalArgument("Unable to do sequence pair tokenization without special tokens")
         max_len = self.settings.max_sequence_length
-        first = self.encode(first_text)
-        second = self.encode(second_text)
         extra = self.specials.pair_extra
+        cap = max(max_len - extra, 0)
+        if span < 0 and truncate in ("first", "second", "balanced"):
+            # truncating: each count is exact up to cap + 1, enough for every decision below
+            (first, whole_first), (second, whole_second) = (
+                self.encode_prefix(first_text, cap), self.encode_prefix(second_text, cap)
+            )
+        else:
+            first, whole_first = self.encode(first_text), True
+            second, whole_second = self.encode(second_text), True
         n1, n2 = len(first.ids), len(second.ids)
         num_tokens = n1 + n2 + extra
         truncated = False
         if num_tokens > max_len and span < 0:
             if truncate == "first":
                 if n2 > max_len - extra:
+                    n2 = n2 if whole_second else len(self.encode(second_text).ids)  # the message says how long
                     raise BadRequest(
                         "Attempting truncation [first] but input is too large for the second sequence. "
                         f"The tokenized input length [{n2}] exceeds the maximum sequence length "
@@ -414,6 +445,7 @@ class NlpTokenizer:
                 n1 = max_len - extra - n2
             elif truncate == "second":
                 if n1 > max_len - extra:
+                    n1 = n1 if whole_first else len(self.encode(first_text).ids)
                     raise BadRequest(
                         "Attempting truncation [second] but input is too large for the first sequence. "
                         f"The tokenized input length [{n1}] exceeds the maximum sequence length "

@@ -31,3 +31,39 @@ local function queue_requeue(src_key, dst_key)
   end
   return moved
 end
+
+-- A request's delivery count, raised by one: requests are msgpack maps, and the count is
+-- their last entry "deliveries" (a positive fixint), appended on the first redelivery. What
+-- is not such a map (or is past 127) goes back unchanged.
+local DELIVERIES_ENTRY = '\170deliveries'  -- fixstr of 10 bytes (0xa0 + 10)
+local function queue_count_delivery(item)
+  local ok, message = pcall(cmsgpack.unpack, item)
+  if not ok or type(message) ~= 'table' then return item end
+  local count = tonumber(message['deliveries']) or 0
+  if count > 0 then
+    if count < 127 and string.sub(item, -12) == DELIVERIES_ENTRY .. string.char(count) then
+      return string.sub(item, 1, -2) .. string.char(count + 1)
+    end
+    return item
+  end
+  local head = string.byte(item, 1)
+  if head >= 128 and head < 143 then  -- fixmap of fewer than 15 entries
+    return string.char(head + 1) .. string.sub(item, 2) .. DELIVERIES_ENTRY .. '\1'
+  elseif head == 222 then  -- map16
+    local n = string.byte(item, 2) * 256 + string.byte(item, 3) + 1
+    return string.char(222, math.floor(n / 256), n % 256) .. string.sub(item, 4) .. DELIVERIES_ENTRY .. '\1'
+  end
+  return item
+end
+
+-- queue_requeue for the work of a worker that died holding it: each item counts a delivery.
+local function queue_requeue_counted(src_key, dst_key)
+  local moved = 0
+  while true do
+    local item = redis.call('LPOP', src_key)
+    if not item then break end
+    redis.call('RPUSH', dst_key, queue_count_delivery(item))
+    moved = moved + 1
+  end
+  return moved
+end

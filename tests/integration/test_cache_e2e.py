@@ -54,7 +54,7 @@ def test_hit_is_served_while_the_worker_is_paused(pair: LocalCluster) -> None:
         for proc in pair.nodes.values():
             os.kill(proc.pid, signal.SIGCONT)
     assert status == 200 and hit == miss  # exactly what the miss returned
-    assert elapsed < 1.0
+    assert elapsed < 5.0  # answered from the cache, not after the 10 s wait for a paused worker
     hits = sum(n.get("inference_cache_hit_count", 0) for n in node_stats(pair, "cached").values())
     counts = sum(n.get("inference_count", 0) for n in node_stats(pair, "cached").values())
     assert hits == 1 and counts == 2

@@ -362,7 +362,7 @@ async def test_async_cache_with_redis_down_misses_quickly() -> None:
     assert await cache.get("d") is None
     assert await cache.put("d", b"v") is False
     assert await cache.get("d") is None
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # never the client's default wait; slack for a loaded machine
     await client.aclose()
 
 
@@ -372,7 +372,7 @@ async def test_async_cache_with_redis_slow_misses_after_the_timeout(silent_serve
     started = time.monotonic()
     assert await cache.get("d") is None
     assert await cache.put("d", b"v") is False
-    assert 0.15 <= time.monotonic() - started < 1.0
+    assert 0.15 <= time.monotonic() - started < 3.0
     await client.aclose()
 
 
@@ -384,5 +384,5 @@ def test_sync_cache_with_redis_down_or_slow_misses_quickly(silent_server: int, s
     started = time.monotonic()
     assert cache.get("d") is None
     assert cache.put("d", b"v") is False
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # never the client's default wait; slack for a loaded machine
     client.close()

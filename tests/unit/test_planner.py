@@ -120,13 +120,13 @@ def as_current(deployments: list[DeploymentDemand], previous: Plan) -> list[Depl
 # ---- properties ------------------------------------------------------------------------------
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(clusters(), demands())
 def test_never_oversubscribes(nodes: list[NodeCapacity], deployments: list[DeploymentDemand]) -> None:
     assert_within_capacity(nodes, deployments, plan(nodes, deployments))
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(clusters(), demands(), st.randoms(use_true_random=False))
 def test_deterministic_whatever_the_input_order(
     nodes: list[NodeCapacity], deployments: list[DeploymentDemand], rnd: random.Random
@@ -143,7 +143,7 @@ def test_deterministic_whatever_the_input_order(
     assert plan(nodes, deployments) == expected
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.integers(1, 16), min_size=1, max_size=5),
     st.lists(st.tuples(st.integers(0, 6), st.booleans()), max_size=6),
@@ -174,7 +174,7 @@ def test_places_everything_when_capacity_clearly_suffices(
         assert sum(result.allocations[d.deployment_id].values()) == expected
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(clusters(), demands(), st.integers(0, 16), st.integers(0, 12))
 def test_replan_after_a_node_joins_moves_nothing(
     nodes: list[NodeCapacity],
@@ -197,7 +197,7 @@ def test_replan_after_a_node_joins_moves_nothing(
             assert second.allocations[deployment_id].get(node_id, 0) >= count, (deployment_id, node_id)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(clusters(), demands(), st.data())
 def test_reduction_only_removes(
     nodes: list[NodeCapacity], deployments: list[DeploymentDemand], data: st.DataObject

@@ -288,3 +288,79 @@ def test_matches_hugging_face(family: str, hf_tokenizers: dict[str, Any]) -> Non
         assert window.input_ids == pair["input_ids"]
         if "token_type_ids" in pair:
             assert window.token_type_ids == pair["token_type_ids"]
+
+
+# ---- bounded work: truncation tokenizes only what it keeps --------------------------------------
+
+LONG_PIECES = ["The", "capital", "of", "France", "is", "Paris", ",", "Café", "😀", "中文", "naïve", "  ", "\t",
+               "unbelievable", "Ｆｕｌｌ", "ﬁ", "x" * 150, "résumé!", "..."]  # fmt: skip
+
+
+def long_texts(count: int, words: int) -> list[str]:
+    import random
+
+    rnd = random.Random(13)
+    return [" ".join(rnd.choice(LONG_PIECES) for _ in range(words)) for _ in range(count)]
+
+
+@pytest.mark.parametrize("family", ["bert", "mpnet", "roberta", "xlm_roberta"])
+def test_truncation_tokenizes_a_prefix_and_keeps_exactly_the_same_windows(
+    family: str, hf_tokenizers: dict[str, Any]
+) -> None:
+    from workers.tracing import export_vocabulary
+
+    settings: dict[str, Any] = {"max_sequence_length": 24}
+    tok = build_tokenizer(export_vocabulary(hf_tokenizers[family]), {family: settings})
+    for text in long_texts(25, 60) + ["short text", "x" * 5000, "a " * 11 + "b" * 300]:
+        inner, whole = tok.encode_prefix(text, 22)
+        full = tok.encode(text)
+        kept = min(len(full.ids), 23)
+        assert inner.ids[:kept] == full.ids[:kept] and inner.offsets[:kept] == full.offsets[:kept], text
+        assert whole or len(full.ids) > 22
+        expected = Tokenization(
+            [tok._single_window(full, 0, min(len(full.ids), 22), -1)], truncated=len(full.ids) > 22
+        )
+        got = tok.tokenize(text)
+        assert got.windows == expected.windows and got.truncated == expected.truncated, text
+        for truncate in ("first", "second", "balanced"):
+            question = text[: len(text) // 3]
+            try:
+                want = _pair_of_full_encoding(tok, question, text, truncate)
+            except BadRequest as error:
+                with pytest.raises(BadRequest) as raised:
+                    tok.tokenize_pair(question, text, truncate=truncate)
+                assert raised.value.reason == error.reason
+                continue
+            assert tok.tokenize_pair(question, text, truncate=truncate).windows == want.windows
+
+
+def _pair_of_full_encoding(tok: NlpTokenizer, first: str, second: str, truncate: str) -> Tokenization:
+    """``tokenize_pair`` as it was before bounded work: both texts tokenized whole."""
+    whole = tok.encode_prefix
+    try:
+        tok.encode_prefix = lambda text, limit: (tok.encode(text), True)  # type: ignore[method-assign]
+        return tok.tokenize_pair(first, second, truncate=truncate)
+    finally:
+        tok.encode_prefix = whole  # type: ignore[method-assign]
+
+
+def test_a_5_mb_text_costs_about_what_a_512_token_one_does() -> None:
+    import time
+
+    tok = bert(max_sequence_length=512)
+    sentence = "the capital of france is paris , hello world ! "
+    short = sentence * 10  # about 120 tokens
+    huge = sentence * (5_000_000 // len(sentence))
+
+    def cost_s(text: str) -> float:
+        best = float("inf")
+        for _ in range(3):
+            began = time.perf_counter()
+            tok.tokenize(text)
+            best = min(best, time.perf_counter() - began)
+        return best
+
+    tokenization = tok.tokenize(huge)
+    assert tokenization.truncated and len(tokenization.windows[0]) == 512
+    # whole, the 5 MB text takes seconds; truncated it is a few 512-token prefixes' work
+    assert cost_s(huge) < 20 * cost_s(short * 5) + 0.05

@@ -1,0 +1,93 @@
+"""A worker SIGKILLed under load, and a request whose worker is killed twice (real processes)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from tests.cluster import local_cluster, start, upload
+from tests.faults.harness import (
+    Load,
+    bad_answers,
+    es_shaped,
+    infer_once,
+    leaked_keys,
+    longest_gap_s,
+    redis_process,
+    serving_nodes,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+DEFAULTS = {"INFERQ_HEARTBEAT_TTL_S": "6", "INFERQ_PLANNER_INTERVAL_S": "1"}  # the shipped defaults
+
+
+def test_worker_sigkill_under_load_loses_nothing_and_the_node_rejoins(tiny_embedding_model: Any) -> None:
+    nodes = {"node-1", "node-2"}
+    with redis_process(aof=False) as server, local_cluster(server.url, env=DEFAULTS) as cluster:
+        client = redis.Redis.from_url(cluster.redis_url)
+        upload(cluster, "tiny", tiny_embedding_model)
+        start(cluster, "tiny", "number_of_allocations=2&cache_size=0b&wait_for=fully_allocated")
+        wait_until(lambda: serving_nodes(client, "tiny") == nodes, 30, "both nodes serve")
+        with Load(cluster.url, "tiny", clients=4) as load:
+            load.wait_for_successes(40)
+            killed_s = time.monotonic()
+            cluster.kill_node("node-2")
+            wait_until(lambda: sum(a.done_s > killed_s + 3 for a in load.answers) >= 8, 60, "answers after the kill")
+            end_s = time.monotonic()
+        assert not bad_answers(load.answers)
+        assert all(a.ok for a in load.answers), [a for a in load.answers if not a.ok][:3]  # nothing lost
+        # the dead node's queued and in-flight requests were answered by node-1 well before the
+        # 6 s heartbeat TTL (the heartbeat process marks the node down as it dies)
+        assert longest_gap_s(load.answers, killed_s, end_s) < 3.5
+        in_flight = [a for a in load.answers if a.sent_s < killed_s < a.done_s]
+        assert in_flight and max(a.done_s - killed_s for a in in_flight) < 4.0
+
+        cluster.add_node("node-2")  # no node left out: it rejoins and gets its allocation back
+        wait_until(lambda: serving_nodes(client, "tiny") == nodes, 30, "node-2 serves again")
+        assert infer_once(cluster.url, "tiny", "after the rejoin").ok
+        wait_until(lambda: not leaked_keys(client, nodes), 10, f"no leaked key: {leaked_keys(client, nodes)}")
+        client.close()
+
+
+def _holder(client: redis.Redis, deployment_id: str, besides: list[str]) -> str:
+    """The node (not one of ``besides``) whose allocation holds a request in its processing list."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for key in client.scan_iter(match=f"inferq:dn:{{{deployment_id}|*}}:processing:*"):
+            node = key.decode().split("|", 1)[1].split("}", 1)[0]
+            if node not in besides and client.llen(key):
+                return node
+        time.sleep(0.02)
+    raise AssertionError("no worker took the request")
+
+
+def test_a_request_whose_worker_is_killed_twice_is_answered_with_an_error(tiny_embedding_model: Any) -> None:
+    # each allocation waits 4 s between taking a request and running it: time to kill its node
+    env = {"INFERQ_BATCH_WAIT_MS": "4000", "INFERQ_MAX_TAKE": "8"}
+    nodes = [("node-1", 1), ("node-2", 1), ("node-3", 1)]
+    with redis_process(aof=False) as server, local_cluster(server.url, nodes=nodes, env=env) as cluster:
+        client = redis.Redis.from_url(cluster.redis_url)
+        upload(cluster, "tiny", tiny_embedding_model)
+        start(cluster, "tiny", "number_of_allocations=3&cache_size=0b&wait_for=fully_allocated")
+        wait_until(lambda: len(serving_nodes(client, "tiny")) == 3, 30, "three nodes serve")
+        answers: list[Any] = []
+        sender = threading.Thread(target=lambda: answers.append(infer_once(cluster.url, "tiny", "poison", "60s")))
+        sender.start()
+        killed: list[str] = []
+        for _ in range(2):  # kill whichever node holds it, twice
+            killed.append(_holder(client, "tiny", killed))
+            cluster.kill_node(killed[-1])
+        sender.join(timeout=60)
+        (answer,) = answers
+        assert answer.status == 500 and es_shaped(500, answer.body), answer
+        assert "died [2] times" in answer.body["error"]["reason"]
+        survivor = ({"node-1", "node-2", "node-3"} - set(killed)).pop()
+        assert infer_once(cluster.url, "tiny", "a healthy request").ok  # the survivor still serves
+        wait_until(lambda: not leaked_keys(client, {survivor}), 15, f"no leaked key: {leaked_keys(client, {survivor})}")
+        client.close()
