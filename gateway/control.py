@@ -13,10 +13,12 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from gateway.redis_memory import RedisMemorySettings, read_capacity
 from gateway.start_params import StartParams
 from shared import keys, node_registry, task_config
 from shared.assignment import assignment_state, render_assignment, wait_satisfied
@@ -33,6 +35,8 @@ from shared.errors import (
 from shared.lease import cluster_lease
 from shared.model_store import ModelStore
 from shared.planner import DeploymentDemand, NodeCapacity, Plan, estimate_memory_bytes, plan
+from shared.redis_budget import CacheBudget, CacheDemand, RedisCapacity, explicit_refusal, plan_cache_budgets
+from shared.redis_budget import demand_of as cache_demand_of
 from shared.units import format_time_ms
 from shared.wire import InferReply, InferRequest, WireError
 
@@ -59,9 +63,19 @@ def demand_of(doc: Mapping[str, Any], live: set[str]) -> DeploymentDemand:
     )
 
 
+@dataclass(frozen=True)
+class CachePlan:
+    """Redis's capacity for caches and every deployment's per-node cache budget."""
+
+    capacity: RedisCapacity
+    demands: list[CacheDemand]
+    budgets: dict[str, CacheBudget]
+
+
 class ControlPlane:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, redis_memory: RedisMemorySettings | None = None) -> None:
         self.redis = client
+        self.redis_memory = redis_memory or RedisMemorySettings()
         self.models = ModelStore(client)
         self.deployments = DeploymentStore(client)
 
@@ -106,6 +120,7 @@ class ControlPlane:
                 "per_allocation_memory_bytes": int(metadata.get("per_allocation_memory_bytes", 0)),
             },
             "cache_size_bytes": cache_bytes,
+            "cache_size_explicit": params.cache_size_bytes is not None,
             "cache_policy": "lfu",
             "memory_bytes": estimate_memory_bytes(
                 model_bytes,
@@ -154,7 +169,12 @@ class ControlPlane:
                     "Could not start deployment because there are not enough resources to provide all "
                     "requested allocations"
                 )
-            await self._apply(others + [doc], result)
+            caches = await self._cache_plan(others + [doc], result)
+            mine = next(d for d in caches.demands if d.deployment_id == params.deployment_id)
+            refusal = explicit_refusal(caches.capacity, caches.demands, mine)
+            if refusal is not None:
+                raise TooManyRequests(refusal)
+            await self._apply(others + [doc], result, caches)
         return await self.wait_for_start(params.deployment_id, params.wait_for, params.timeout_ms)
 
     async def wait_for_start(self, deployment_id: str, wait_for: str, timeout_ms: float) -> dict[str, Any]:
@@ -221,7 +241,7 @@ class ControlPlane:
                     "Could not update deployment because there are not enough resources to provide all "
                     "requested allocations"
                 )
-            await self._apply(others + [updated], result)
+            await self._apply(others + [updated], result, await self._cache_plan(others + [updated], result))
         return render_assignment(updated | {"targets": result.allocations.get(deployment_id, {})}, routes)
 
     # ---- stop --------------------------------------------------------------------------------
@@ -299,8 +319,19 @@ class ControlPlane:
         demands = [demand_of(d, live) for d in docs if d.get("assignment_state") != "stopping"]
         return plan(capacities, demands)
 
-    async def _apply(self, docs: list[dict[str, Any]], result: Plan) -> bool:
-        """Write the plan's targets into the documents that changed. Returns whether any did."""
+    async def _cache_plan(self, docs: list[dict[str, Any]], result: Plan) -> CachePlan:
+        """Every deployment's cache budget on the nodes the plan places it on (shared.redis_budget)."""
+        capacity = await read_capacity(self.redis, self.redis_memory)
+        demands = [
+            cache_demand_of(d, len(result.allocations.get(d["deployment_id"], {})))
+            for d in docs
+            if d.get("assignment_state") != "stopping"
+        ]
+        return CachePlan(capacity, demands, plan_cache_budgets(capacity, demands))
+
+    async def _apply(self, docs: list[dict[str, Any]], result: Plan, caches: CachePlan) -> bool:
+        """Write the plan's targets and cache budgets into the documents that changed. Returns
+        whether any did."""
         changed = False
         for doc in docs:
             if doc.get("assignment_state") == "stopping":
@@ -308,9 +339,24 @@ class ControlPlane:
             deployment_id = doc["deployment_id"]
             targets = result.allocations.get(deployment_id, {})
             reason = result.reasons.get(deployment_id, "")
-            if targets == doc.get("targets") and reason == doc.get("reason", "") and doc.get("_stored"):
+            budget = caches.budgets[deployment_id]
+            cache_fields = {
+                "cache_budget_bytes": budget.budget_bytes,
+                "cache_budget_state": budget.state,
+                "redis_memory_ceiling_bytes": caches.capacity.memory_ceiling_bytes,
+            }
+            if (
+                targets == doc.get("targets")
+                and reason == doc.get("reason", "")
+                and all(doc.get(k) == v for k, v in cache_fields.items())
+                and doc.get("_stored")
+            ):
                 continue
+            if doc.get("_stored") and budget.budget_bytes != doc.get("cache_budget_bytes"):
+                log.info("cache budget of [%s]: %s per node (%s); Redis memory for caches %s", deployment_id,
+                         budget.budget_bytes, budget.state, caches.capacity.describe())  # fmt: skip
             doc.pop("_stored", None)
+            doc.update(cache_fields)
             doc["targets"] = targets
             if reason:
                 doc["reason"] = reason
@@ -330,7 +376,7 @@ class ControlPlane:
         for doc in docs:
             doc["_stored"] = True
         result = await self._plan_with(docs)
-        changed = await self._apply(docs, result)
+        changed = await self._apply(docs, result, await self._cache_plan(docs, result))
         await self._reap_dead_nodes()
         return changed
 

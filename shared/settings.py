@@ -9,6 +9,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shared.units import parse_byte_size
+
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
@@ -23,6 +25,12 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 def _str(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name)
     return raw if raw not in (None, "") else default
+
+
+def _bytes(env: Mapping[str, str], name: str) -> int:
+    """A byte size ("2gb", "512mb", or a bare 0); unset is 0."""
+    raw = env.get(name)
+    return parse_byte_size(raw, name) if raw not in (None, "") else 0
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -41,6 +49,8 @@ class GatewaySettings:
     cache_affinity: bool = True  # route identical inputs to the same node (consistent hashing)
     auth_required: bool = False
     bootstrap_api_key: str = ""  # "id:secret" created with every privilege at start, if set
+    redis_memory_bytes: int = 0  # Redis's memory where it has no maxmemory (docs/operations-redis-memory.md)
+    redis_reserve_bytes: int = 0  # Redis memory kept for queues and state; 0: max(16 MiB, 10%)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -57,6 +67,8 @@ class GatewaySettings:
             cache_affinity=_str(env, "INFERQ_CACHE_AFFINITY", "on").lower() not in ("0", "off", "false", "no"),
             auth_required=_str(env, "INFERQ_AUTH", "off").lower() in ("1", "on", "true", "yes"),
             bootstrap_api_key=_str(env, "INFERQ_BOOTSTRAP_API_KEY", ""),
+            redis_memory_bytes=_bytes(env, "INFERQ_REDIS_MEMORY"),
+            redis_reserve_bytes=_bytes(env, "INFERQ_REDIS_RESERVE"),
         )
 
 
