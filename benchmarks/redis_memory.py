@@ -80,6 +80,8 @@ def redis_report(client: redis.Redis) -> dict[str, Any]:
     return {
         "used_memory": int(memory["used_memory"]),
         "used_memory_peak": int(memory["used_memory_peak"]),
+        "used_memory_dataset": int(memory["used_memory_dataset"]),
+        "mem_clients_normal": int(memory["mem_clients_normal"]),
         "maxmemory": int(memory["maxmemory"]),
         "oom_errors": int(errorstats.get("errorstat_OOM", {}).get("count", 0)),
         "errorstats": {k: v.get("count") for k, v in errorstats.items()},

@@ -37,7 +37,7 @@ from shared.model_store import ModelStore
 from shared.planner import DeploymentDemand, NodeCapacity, Plan, estimate_memory_bytes, plan
 from shared.redis_budget import CacheBudget, CacheDemand, RedisCapacity, explicit_refusal, plan_cache_budgets
 from shared.redis_budget import demand_of as cache_demand_of
-from shared.units import format_time_ms
+from shared.units import format_bytes, format_time_ms
 from shared.wire import InferReply, InferRequest, WireError
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,14 @@ class CachePlan:
     capacity: RedisCapacity
     demands: list[CacheDemand]
     budgets: dict[str, CacheBudget]
+
+
+def _close(new_bytes: int, old_bytes: Any) -> bool:
+    """Whether a recomputed cache budget is within 1/16 of the stored one (what Redis uses besides
+    models and caches moves a little on every pass: the documents are not rewritten for that)."""
+    if not isinstance(old_bytes, int) or old_bytes <= 0 or new_bytes <= 0:
+        return False
+    return abs(new_bytes - old_bytes) <= old_bytes // 16
 
 
 class ControlPlane:
@@ -321,7 +329,12 @@ class ControlPlane:
 
     async def _cache_plan(self, docs: list[dict[str, Any]], result: Plan) -> CachePlan:
         """Every deployment's cache budget on the nodes the plan places it on (shared.redis_budget)."""
-        capacity = await read_capacity(self.redis, self.redis_memory)
+        placements = {
+            (d["deployment_id"], n)
+            for d in docs
+            for n in {*d.get("targets", {}), *result.allocations.get(d["deployment_id"], {})}
+        }
+        capacity = await read_capacity(self.redis, self.redis_memory, sorted(placements))
         demands = [
             cache_demand_of(d, len(result.allocations.get(d["deployment_id"], {})))
             for d in docs
@@ -345,6 +358,8 @@ class ControlPlane:
                 "cache_budget_state": budget.state,
                 "redis_memory_ceiling_bytes": caches.capacity.memory_ceiling_bytes,
             }
+            if _close(budget.budget_bytes, doc.get("cache_budget_bytes")):
+                cache_fields["cache_budget_bytes"] = doc["cache_budget_bytes"]  # no churn on small moves
             if (
                 targets == doc.get("targets")
                 and reason == doc.get("reason", "")
@@ -352,9 +367,9 @@ class ControlPlane:
                 and doc.get("_stored")
             ):
                 continue
-            if doc.get("_stored") and budget.budget_bytes != doc.get("cache_budget_bytes"):
+            if cache_fields["cache_budget_bytes"] != doc.get("cache_budget_bytes"):
                 log.info("cache budget of [%s]: %s per node (%s); Redis memory for caches %s", deployment_id,
-                         budget.budget_bytes, budget.state, caches.capacity.describe())  # fmt: skip
+                         format_bytes(budget.budget_bytes), budget.state, caches.capacity.describe())  # fmt: skip
             doc.pop("_stored", None)
             doc.update(cache_fields)
             doc["targets"] = targets

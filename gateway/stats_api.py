@@ -18,17 +18,17 @@ from shared.cluster_view import DeploymentView
 from shared.planner import estimate_memory_bytes
 from shared.stats import parse_counters, render_deployment_stats, render_inference_stats, render_node_stats
 
-_CACHE_FIELDS = ("bytes", "entries", "skipped_no_headroom")
+_CACHE_FIELDS = ("bytes", "entries", "no_headroom")
 
 
 def _cache_fields(doc: dict[str, Any], meta: list[Any]) -> dict[str, int]:
     """A node's cache, an inferq extension (docs/operations-redis-memory.md)."""
-    used, entries, skipped = (int(float(v)) if v is not None else 0 for v in meta)
+    used, entries, no_headroom = (int(float(v)) if v is not None else 0 for v in meta)
     return {
         "cache_budget_bytes": int(doc.get("cache_budget_bytes", doc.get("cache_size_bytes", 0))),
         "cache_used_bytes": used,
         "cache_entry_count": entries,
-        "cache_headroom_skip_count": skipped,
+        "cache_no_headroom_count": no_headroom,
     }
 
 

@@ -7,7 +7,7 @@ tag, so one cluster slot); their layout and the byte accounting are described in
 - ``<prefix>:e:<digest>``: one string per entry (a 26-byte header, then the value);
 - ``<prefix>:idx``: the eviction index (zset);
 - ``<prefix>:meta``: counters (hash: bytes, entries, hits, misses, evictions, stored,
-  rejected_too_large, skipped_no_headroom, last_evicted_count, tick).
+  rejected_too_large, no_headroom, last_evicted_count, tick).
 
 Each operation is written once, as a generator that yields Redis requests and receives their
 replies (``_CacheOps``); ``_run_async`` drives it over ``redis.asyncio`` and ``_run_sync`` over
@@ -24,8 +24,9 @@ failure so a broken Redis costs at most one bounded wait per window. ``clear``, 
 
 Redis memory is a budget (docs/operations-redis-memory.md): besides its own ``budget_bytes``, an
 insert that would grow the cache first checks Redis's ``used_memory`` against
-``memory_ceiling_bytes`` and is skipped (counted in ``skipped_no_headroom``) when short, so a
-cache never takes the memory queues, replies, heartbeats and state need.
+``memory_ceiling_bytes``; when Redis is short (counted in ``no_headroom``) the entry goes in only
+in place of evicted ones, or not at all, so a cache never takes the memory queues, replies,
+heartbeats and state need.
 
 The clients must not decode responses (values are bytes).
 """
@@ -163,7 +164,7 @@ class CacheStats:
     evictions: int = 0
     stored: int = 0
     rejected_too_large: int = 0
-    skipped_no_headroom: int = 0  # inserts not made: Redis was short of headroom (its ceiling)
+    no_headroom: int = 0  # inserts that found Redis at its ceiling (then only replacing, or skipped)
     errors: int = 0  # this process: Redis failures and timeouts turned into misses
     skipped: int = 0  # this process: calls not sent while backing off after a failure
 
@@ -258,7 +259,7 @@ class _CacheOps:
             evictions=_int(meta.get("evictions")),
             stored=_int(meta.get("stored")),
             rejected_too_large=_int(meta.get("rejected_too_large")),
-            skipped_no_headroom=_int(meta.get("skipped_no_headroom")),
+            no_headroom=_int(meta.get("no_headroom")),
         )
 
     def footprint(self) -> _Ops[CacheFootprint]:

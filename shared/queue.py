@@ -76,6 +76,8 @@ if budget > 0 then
   for i = 10, #ARGV, 2 do
     cache_put(cache_prefix, ARGV[i], ARGV[i + 1], budget, policy, now_ms, headroom)
   end
+elseif #ARGV >= 10 then
+  cache_trim(cache_prefix, 0, 64)  -- the budget went to 0: empty the cache, a little per batch
 end
 if results > 0 or errors > 0 then
   stats_record(stats_key, start_ms, now_ms, results, 0, time_sum, time_sum, errors)

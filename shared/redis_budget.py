@@ -6,12 +6,17 @@ the reply lists, heartbeats, deployment documents and stats. With ``maxmemory`` 
 ``noeviction`` a write past the limit is refused, a queue push, a reply or a heartbeat as much
 as a cache insert, so the caches get only what is left::
 
-    memory for caches = limit - stored models - reserve
+    memory for caches = limit - stored models - state now - reserve
 
 - ``limit``: Redis's ``maxmemory``, or ``INFERQ_REDIS_MEMORY`` where Redis has none; 0 when
   neither is known (then budgets stay as requested, and gateways and workers warn at start).
-- ``reserve``: what queues, replies and state are guaranteed: ``INFERQ_REDIS_RESERVE``, by
-  default ``max(16 MiB, limit / 10)``.
+- ``stored models``: definition parts and vocabularies as Redis's allocator holds them
+  (``string_bytes``: a 1 MiB part takes 1.25 MiB).
+- ``state now``: what Redis uses besides the models and the caches (queues, replies, documents,
+  stats, Redis itself): ``used_memory - client buffers - models - caches``, measured each
+  planner pass (client buffers come and go with requests: the reserve covers them).
+- ``reserve``: room for queues, replies and state to grow: ``INFERQ_REDIS_RESERVE``, by default
+  ``max(16 MiB, limit / 10)``.
 
 A deployment's cache lives on every node that serves it and asks ``requested_bytes`` per node
 (``cache_size``; by default the model's size). Per-node budgets:
@@ -51,6 +56,20 @@ LimitSource = Literal["maxmemory", "INFERQ_REDIS_MEMORY", "none"]
 BudgetState = Literal["fits", "scaled", "off"]
 
 
+def string_bytes(length: int) -> int:
+    """What Redis's allocator (jemalloc) holds for a string value of ``length`` bytes: the SDS
+    buffer (header, bytes, NUL) rounded up to its size class (16-byte steps to 128, then four
+    classes per doubling), as ``shared/lua/cache.lua`` counts. A 1 MiB model part takes 1.25 MiB."""
+    n = length + (3 if length < 256 else 5 if length < 65536 else 9) + 1
+    if n <= 128:
+        return max(8, -(-n // 16) * 16)
+    group = 128
+    while group * 2 < n:
+        group *= 2
+    step = group // 4
+    return -(-n // step) * step
+
+
 def default_reserve_bytes(limit_bytes: int) -> int:
     return max(MIN_RESERVE_BYTES, int(limit_bytes * RESERVE_SHARE))
 
@@ -63,10 +82,18 @@ class RedisCapacity:
     limit_source: LimitSource
     models_bytes: int
     reserve_bytes: int
+    state_bytes: int = 0  # used now by everything but the models and the caches
 
     @classmethod
     def of(
-        cls, *, maxmemory_bytes: int, setting_bytes: int, models_bytes: int, reserve_setting_bytes: int = 0
+        cls,
+        *,
+        maxmemory_bytes: int,
+        setting_bytes: int,
+        models_bytes: int,
+        reserve_setting_bytes: int = 0,
+        used_memory_bytes: int = 0,
+        caches_bytes: int = 0,
     ) -> RedisCapacity:
         """Redis's ``maxmemory`` wins; the setting stands in where Redis has none."""
         if maxmemory_bytes > 0:
@@ -76,7 +103,8 @@ class RedisCapacity:
         else:
             limit, source = 0, "none"
         reserve = reserve_setting_bytes or (default_reserve_bytes(limit) if limit else 0)
-        return cls(limit, source, models_bytes, reserve)  # type: ignore[arg-type]
+        state = max(0, used_memory_bytes - models_bytes - caches_bytes)
+        return cls(limit, source, models_bytes, reserve, state)  # type: ignore[arg-type]
 
     @property
     def known(self) -> bool:
@@ -85,7 +113,9 @@ class RedisCapacity:
     @property
     def cache_bytes(self) -> int:
         """What every cache together may use (0 when the limit is unknown: see ``known``)."""
-        return max(0, self.limit_bytes - self.models_bytes - self.reserve_bytes) if self.known else 0
+        if not self.known:
+            return 0
+        return max(0, self.limit_bytes - self.models_bytes - self.state_bytes - self.reserve_bytes)
 
     @property
     def memory_ceiling_bytes(self) -> int:
@@ -98,7 +128,8 @@ class RedisCapacity:
         return (
             f"[{format_bytes(self.cache_bytes)}] = [{format_bytes(self.limit_bytes)}] ({self.limit_source}) "
             f"- [{format_bytes(self.models_bytes)}] stored models "
-            f"- [{format_bytes(self.reserve_bytes)}] reserved for queues and state"
+            f"- [{format_bytes(self.state_bytes)}] queues and state "
+            f"- [{format_bytes(self.reserve_bytes)}] reserved for their growth"
         )
 
 

@@ -9,7 +9,7 @@
 --   prefix..":idx"         zset    member HEADER .. digest; score = LFU count or LRU tick;
 --                                  ZPOPMIN gives the next entry to evict
 --   prefix..":meta"        hash    bytes, entries, hits, misses, evictions, stored,
---                                  rejected_too_large, skipped_no_headroom, last_evicted_count, tick
+--                                  rejected_too_large, no_headroom, last_evicted_count, tick
 --
 -- HEADER (26 bytes, fixed width, decimal) = 10 digits of (9999999999 - footprint_bytes)
 -- followed by 16 digits of the insert tick. Within one score the zset orders members
@@ -37,8 +37,9 @@
 -- its budget, so nothing is evicted to make room) first checks that Redis's used_memory plus
 -- the entry stays under `ceiling_bytes` (maxmemory minus what queues and state are guaranteed),
 -- reading INFO memory once per script (about 5 us; never while the cache is full and inserts
--- only replace evicted bytes). Short of headroom, the value is not stored and
--- meta.skipped_no_headroom counts it: queues, replies, heartbeats and state keep the rest.
+-- only replace evicted bytes). Short of headroom (meta.no_headroom counts it) the entry goes
+-- in only in place of evicted ones, so Redis does not grow; an empty cache skips it. Queues,
+-- replies, heartbeats and state keep the rest.
 -- ceiling_bytes <= 0: no limit is known, nothing is checked.
 --
 -- Numbers handed to redis.call are formatted with "%.0f": Lua 5.1 would otherwise print large
@@ -203,14 +204,18 @@ local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms, he
   local m = redis.call("HMGET", meta, "bytes", "entries", "evictions", "stored", "tick", "last_evicted_count")
   local entries = tonumber(m[2]) or 0
   local last_evicted_count = tonumber(m[6]) or 0
+  local used_before = tonumber(m[1]) or 0
+  local limit = budget_bytes
   -- what Redis grows by at most: the entry, less what is evicted to keep the budget
-  local growth = math.min(footprint, budget_bytes - (tonumber(m[1]) or 0))
-  if not cache_take_headroom(headroom, growth) then
-    redis.call("HINCRBY", meta, "skipped_no_headroom", 1)
-    return 0
+  if not cache_take_headroom(headroom, math.min(footprint, budget_bytes - used_before)) then
+    -- short of headroom: the entry goes in only in place of evicted ones (Redis does not grow)
+    redis.call("HINCRBY", meta, "no_headroom", 1)
+    if footprint > used_before then
+      return 0
+    end
+    limit = used_before
   end
-  local used, evicted, last_score, drained = cache_evict_until(
-    prefix, tonumber(m[1]) or 0, budget_bytes - footprint)
+  local used, evicted, last_score, drained = cache_evict_until(prefix, used_before, limit - footprint)
   if drained then
     entries = 0
   else
@@ -236,6 +241,34 @@ local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms, he
     "tick", cache_num(tick),
     "last_evicted_count", cache_num(last_evicted_count))
   return 1
+end
+
+-- Evict at most max_evictions entries while the cache holds more than budget_bytes (a budget
+-- the planner lowered: caches settle within it a few entries per call, never in one long script).
+local function cache_trim(prefix, budget_bytes, max_evictions)
+  local meta = prefix .. ":meta"
+  local m = redis.call("HMGET", meta, "bytes", "entries", "evictions")
+  local used = tonumber(m[1]) or 0
+  if used <= budget_bytes then
+    return 0
+  end
+  local idx = prefix .. ":idx"
+  local evicted = 0
+  while used > budget_bytes and evicted < max_evictions do
+    local popped = redis.call("ZPOPMIN", idx)
+    if popped[1] == nil then
+      used = 0
+      break
+    end
+    redis.call("DEL", prefix .. ":e:" .. cache_member_digest(popped[1]))
+    used = math.max(used - cache_member_footprint(popped[1]), 0)
+    evicted = evicted + 1
+  end
+  redis.call("HSET", meta,
+    "bytes", cache_num(used),
+    "entries", cache_num(math.max((tonumber(m[2]) or 0) - evicted, 0)),
+    "evictions", cache_num((tonumber(m[3]) or 0) + evicted))
+  return evicted
 end
 
 -- Delete every indexed entry, the index and the meta hash (counters included), atomically.
