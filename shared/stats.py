@@ -251,11 +251,6 @@ def render_deployment_stats(
         out["reason"] = deployment["reason"]
     out["allocation_status"] = dict(allocation_status)
     out["cache_size"] = format_bytes(int(deployment.get("cache_size_bytes", 0)))
-    # inferq extension (docs/operations-redis-memory.md): the per-node cache budget Redis's memory
-    # allows (``cache_size`` is what was asked), and the bytes the node caches hold now
-    out["cache_budget_bytes"] = int(deployment.get("cache_budget_bytes", deployment.get("cache_size_bytes", 0)))
-    out["cache_budget_state"] = str(deployment.get("cache_budget_state", "fits"))
-    out["cache_used_bytes"] = _sum(node_stats, "cache_used_bytes")
     out["priority"] = params.get("priority", "normal")
     out["start_time"] = deployment["start_time_ms"]
     for name in ("error_count", "rejected_execution_count", "timeout_count", "inference_count"):
@@ -264,6 +259,11 @@ def render_deployment_stats(
             out[name] = total
     out["peak_throughput_per_minute"] = _sum(node_stats, "peak_throughput_per_minute")
     out["nodes"] = node_stats
+    # inferq extension (docs/operations-redis-memory.md): the per-node cache budget Redis's memory
+    # allows (``cache_size`` is what was asked), and the bytes the node caches hold now
+    out["cache_budget_bytes"] = int(deployment.get("cache_budget_bytes", deployment.get("cache_size_bytes", 0)))
+    out["cache_budget_state"] = str(deployment.get("cache_budget_state", "fits"))
+    out["cache_used_bytes"] = _sum(node_stats, "cache_used_bytes")
     return out
 
 

@@ -107,8 +107,8 @@ def test_a_batch_completes_on_a_redis_past_its_limit(small_redis: redis.Redis) -
     complete = client.register_script(COMPLETE)
     ceiling = used_memory(client) - 200_000
     now = int(time.time() * 1000)
-    pairs = [cache_digest("1"), b"result 1", cache_digest("2"), b"result 2"]
-    args = [prefix, 1_000_000, "lfu", now, now, 2, 12.5, 0, ceiling, *pairs]
+    pairs: list[str | bytes] = [cache_digest("1"), b"result 1", cache_digest("2"), b"result 2"]
+    args: list[str | bytes | int | float] = [prefix, 1_000_000, "lfu", now, now, 2, 12.5, 0, ceiling, *pairs]
     assert complete(keys=[stats_key, processing], args=args) == 1
     assert oom_errors(client) == oom_before
     assert not client.exists(processing)
@@ -156,7 +156,7 @@ def _wait_for(predicate: Any, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+        time.sleep(0.2)
 
 
 @pytest.mark.slow
@@ -190,10 +190,19 @@ def test_sustained_distinct_traffic_on_a_small_redis_gets_only_200s(tmp_path: Pa
         assert set(statuses) == {200}
         assert oom_errors(client) == 0 and rejected_calls(client) == {}
         assert client.exists(keys.node_heartbeat("node-1")) and cluster.nodes["node-1"].poll() is None
-        assert _post(infer_url, {"docs": [{"text_field": "one more after the run"}]}) == 200
+        # The planner moves the budget a little as what Redis holds moves; the worker learns it at
+        # its next reconcile and each batch evicts down to it: the cache settles within it.
+        extra = iter(range(1000))
+
+        def settled() -> bool:
+            assert _post(infer_url, {"docs": [{"text_field": f"one more after the run {next(extra)}"}]}) == 200
+            node = _deployment_stats(cluster, "wide")["nodes"][0]
+            return bool(0 < node["cache_used_bytes"] <= node["cache_budget_bytes"])
+
+        _wait_for(settled, timeout_s=20)
         stats = _deployment_stats(cluster, "wide")
-        node = stats["nodes"][0]
         assert stats["cache_budget_state"] == "scaled"
-        assert 0 < node["cache_used_bytes"] <= node["cache_budget_bytes"] == stats["cache_budget_bytes"] < model_bytes
+        assert 0 < stats["nodes"][0]["cache_budget_bytes"] == stats["cache_budget_bytes"] < model_bytes
         assert used_memory(client) < int(client.info("memory")["maxmemory"])
+        assert oom_errors(client) == 0
         client.close()
