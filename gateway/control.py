@@ -336,7 +336,8 @@ class ControlPlane:
         }
         capacity = await read_capacity(self.redis, self.redis_memory, sorted(placements))
         demands = [
-            cache_demand_of(d, len(result.allocations.get(d["deployment_id"], {})))
+            # not placed (yet, or its nodes are gone): budgeted as on one node, not as free
+            cache_demand_of(d, max(1, len(result.allocations.get(d["deployment_id"], {}))))
             for d in docs
             if d.get("assignment_state") != "stopping"
         ]
