@@ -1,9 +1,7 @@
-"""The Redis memory accounting (shared.redis_budget) and the Redis configuration checks
-(shared.redis_config): budgets that fit, that must shrink, that are refused."""
+"""The Redis memory accounting (shared.redis_budget): budgets that fit, that must shrink, that
+are refused."""
 
 from __future__ import annotations
-
-import pytest
 
 from shared.redis_budget import (
     MIB,
@@ -17,7 +15,6 @@ from shared.redis_budget import (
     plan_cache_budgets,
     string_bytes,
 )
-from shared.redis_config import config_warnings
 
 GIB = 1024 * MIB
 
@@ -138,33 +135,6 @@ def test_documents_give_the_demand_and_the_writer_its_limits() -> None:
     assert CacheLimits.of_doc(doc) == CacheLimits(5 * MIB, 0)  # written before budgets existed
     doc |= {"cache_budget_bytes": MIB, "redis_memory_ceiling_bytes": 900 * MIB}
     assert CacheLimits.of_doc(doc) == CacheLimits(MIB, 900 * MIB)
-
-
-SAFE = {"appendonly": "yes", "save": "", "maxmemory": "1073741824", "maxmemory-policy": "noeviction"}
-
-
-def test_a_redis_that_keeps_state_gets_no_warning() -> None:
-    assert config_warnings(SAFE) == []
-    assert config_warnings(SAFE | {"appendonly": "no", "save": "3600 1"}) == []  # RDB snapshots persist
-
-
-@pytest.mark.parametrize(
-    ("change", "expected"),
-    [
-        ({"appendonly": "no"}, "persists nothing"),
-        ({"maxmemory-policy": "allkeys-lru"}, "maxmemory-policy is [allkeys-lru]"),
-        ({"maxmemory-policy": "volatile-ttl"}, "maxmemory-policy is [volatile-ttl]"),
-        ({"maxmemory": "0"}, "no memory limit"),
-    ],
-)
-def test_one_warning_for_each_risky_setting(change: dict[str, str], expected: str) -> None:
-    warnings = config_warnings(SAFE | change)
-    assert len(warnings) == 1 and expected in warnings[0]
-
-
-def test_settings_that_could_not_be_read_are_not_warned_about() -> None:
-    assert config_warnings({"appendonly": "no"}) == []  # save points unknown (INFO only)
-    assert len(config_warnings({"appendonly": "no", "save": "", "maxmemory": "0", "maxmemory-policy": "allkeys-lru"})) == 3
 
 
 def test_string_bytes_follow_the_allocator_as_memory_usage_reports() -> None:
