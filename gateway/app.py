@@ -15,8 +15,10 @@ from gateway import auth, deployments_api, infer_api, models_api, stats_api
 from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
 from gateway.control import ControlPlane, planner_loop
 from gateway.http import BODY_LIMITS, BodyLimits, check_params, error_middleware, json_response
+from gateway.redis_memory import RedisMemorySettings
 from shared.model_store import ModelStore
 from shared.producer import Producer
+from shared.redis_config import warn_redis_config_async
 from shared.redis_conn import async_client
 from shared.settings import GatewaySettings
 
@@ -79,8 +81,11 @@ def create_app(settings: GatewaySettings, *, redis: aioredis.Redis | None = None
         client = redis if redis is not None else async_client(settings.redis_url, client_name="inferq-gateway")
         blocking = async_client(settings.redis_url, blocking=True, max_connections=4, client_name="inferq-gateway")
         app[REDIS] = client
+        await warn_redis_config_async(client, "gateway")
         app[MODELS] = ModelStore(client)
-        app[CONTROL] = ControlPlane(client)
+        app[CONTROL] = ControlPlane(
+            client, RedisMemorySettings(settings.redis_memory_bytes, settings.redis_reserve_bytes)
+        )
         producer = Producer(
             client,
             blocking,

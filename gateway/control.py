@@ -19,10 +19,12 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from gateway.redis_memory import RedisMemorySettings, read_capacity
 from gateway.start_params import StartParams
 from shared import keys, node_registry, task_config
 from shared.assignment import assignment_state, render_assignment, wait_satisfied
@@ -41,8 +43,10 @@ from shared.lease import cluster_lease
 from shared.model_store import ModelStore
 from shared.planner import DeploymentDemand, NodeCapacity, Plan, estimate_memory_bytes, plan
 from shared.queue import REQUEUE_COUNTED
+from shared.redis_budget import CacheBudget, CacheDemand, RedisCapacity, explicit_refusal, plan_cache_budgets
+from shared.redis_budget import demand_of as cache_demand_of
 from shared.redis_conn import text
-from shared.units import format_time_ms
+from shared.units import format_bytes, format_time_ms
 from shared.wire import InferReply, InferRequest, WireError
 
 log = logging.getLogger(__name__)
@@ -72,9 +76,27 @@ def demand_of(doc: Mapping[str, Any], live: set[str]) -> DeploymentDemand:
     )
 
 
+@dataclass(frozen=True)
+class CachePlan:
+    """Redis's capacity for caches and every deployment's per-node cache budget."""
+
+    capacity: RedisCapacity
+    demands: list[CacheDemand]
+    budgets: dict[str, CacheBudget]
+
+
+def _close(new_bytes: int, old_bytes: Any) -> bool:
+    """Whether a recomputed cache budget is within 1/16 of the stored one (what Redis uses besides
+    models and caches moves a little on every pass: the documents are not rewritten for that)."""
+    if not isinstance(old_bytes, int) or old_bytes <= 0 or new_bytes <= 0:
+        return False
+    return abs(new_bytes - old_bytes) <= old_bytes // 16
+
+
 class ControlPlane:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, redis_memory: RedisMemorySettings | None = None) -> None:
         self.redis = client
+        self.redis_memory = redis_memory or RedisMemorySettings()
         self.models = ModelStore(client)
         self.deployments = DeploymentStore(client)
         self._requeue_counted = client.register_script(REQUEUE_COUNTED)
@@ -120,6 +142,7 @@ class ControlPlane:
                 "per_allocation_memory_bytes": int(metadata.get("per_allocation_memory_bytes", 0)),
             },
             "cache_size_bytes": cache_bytes,
+            "cache_size_explicit": params.cache_size_bytes is not None,
             "cache_policy": "lfu",
             "memory_bytes": estimate_memory_bytes(
                 model_bytes,
@@ -168,7 +191,12 @@ class ControlPlane:
                     "Could not start deployment because there are not enough resources to provide all "
                     "requested allocations"
                 )
-            await self._apply(others + [doc], result)
+            caches = await self._cache_plan(others + [doc], result)
+            mine = next(d for d in caches.demands if d.deployment_id == params.deployment_id)
+            refusal = explicit_refusal(caches.capacity, caches.demands, mine)
+            if refusal is not None:
+                raise TooManyRequests(refusal)
+            await self._apply(others + [doc], result, caches)
         return await self.wait_for_start(params.deployment_id, params.wait_for, params.timeout_ms)
 
     async def wait_for_start(self, deployment_id: str, wait_for: str, timeout_ms: float) -> dict[str, Any]:
@@ -235,7 +263,7 @@ class ControlPlane:
                     "Could not update deployment because there are not enough resources to provide all "
                     "requested allocations"
                 )
-            await self._apply(others + [updated], result)
+            await self._apply(others + [updated], result, await self._cache_plan(others + [updated], result))
         return render_assignment(updated | {"targets": result.allocations.get(deployment_id, {})}, routes)
 
     # ---- stop --------------------------------------------------------------------------------
@@ -320,8 +348,25 @@ class ControlPlane:
         demands = [demand_of(d, live) for d in docs if d.get("assignment_state") != "stopping"]
         return plan(capacities, demands)
 
-    async def _apply(self, docs: list[dict[str, Any]], result: Plan) -> bool:
-        """Write the plan's targets into the documents that changed. Returns whether any did."""
+    async def _cache_plan(self, docs: list[dict[str, Any]], result: Plan) -> CachePlan:
+        """Every deployment's cache budget on the nodes the plan places it on (shared.redis_budget)."""
+        placements = {
+            (d["deployment_id"], n)
+            for d in docs
+            for n in {*d.get("targets", {}), *result.allocations.get(d["deployment_id"], {})}
+        }
+        capacity = await read_capacity(self.redis, self.redis_memory, sorted(placements))
+        demands = [
+            # not placed (yet, or its nodes are gone): budgeted as on one node, not as free
+            cache_demand_of(d, max(1, len(result.allocations.get(d["deployment_id"], {}))))
+            for d in docs
+            if d.get("assignment_state") != "stopping"
+        ]
+        return CachePlan(capacity, demands, plan_cache_budgets(capacity, demands))
+
+    async def _apply(self, docs: list[dict[str, Any]], result: Plan, caches: CachePlan) -> bool:
+        """Write the plan's targets and cache budgets into the documents that changed. Returns
+        whether any did."""
         changed = False
         for doc in docs:
             if doc.get("assignment_state") == "stopping":
@@ -329,9 +374,26 @@ class ControlPlane:
             deployment_id = doc["deployment_id"]
             targets = result.allocations.get(deployment_id, {})
             reason = result.reasons.get(deployment_id, "")
-            if targets == doc.get("targets") and reason == doc.get("reason", "") and doc.get("_stored"):
+            budget = caches.budgets[deployment_id]
+            cache_fields = {
+                "cache_budget_bytes": budget.budget_bytes,
+                "cache_budget_state": budget.state,
+                "redis_memory_ceiling_bytes": caches.capacity.memory_ceiling_bytes,
+            }
+            if _close(budget.budget_bytes, doc.get("cache_budget_bytes")):
+                cache_fields["cache_budget_bytes"] = doc["cache_budget_bytes"]  # no churn on small moves
+            if (
+                targets == doc.get("targets")
+                and reason == doc.get("reason", "")
+                and all(doc.get(k) == v for k, v in cache_fields.items())
+                and doc.get("_stored")
+            ):
                 continue
+            if cache_fields["cache_budget_bytes"] != doc.get("cache_budget_bytes"):
+                log.info("cache budget of [%s]: %s per node (%s); Redis memory for caches %s", deployment_id,
+                         format_bytes(budget.budget_bytes), budget.state, caches.capacity.describe())  # fmt: skip
             doc.pop("_stored", None)
+            doc.update(cache_fields)
             doc["targets"] = targets
             if targets:  # producers create per-node keys on these nodes: index them first
                 await self.redis.sadd(keys.deployment_nodes(deployment_id), *targets)
@@ -353,7 +415,7 @@ class ControlPlane:
         for doc in docs:
             doc["_stored"] = True
         result = await self._plan_with(docs)
-        changed = await self._apply(docs, result)
+        changed = await self._apply(docs, result, await self._cache_plan(docs, result))
         await self._reap_dead_nodes()
         await self._finish_orphaned_stops(docs)
         await self._hand_over_stalled(docs)

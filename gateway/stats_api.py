@@ -13,10 +13,24 @@ from gateway.app_keys import MODELS, PRODUCER, REDIS
 from gateway.http import check_params, json_response, query_bool, query_int
 from shared import keys, node_registry
 from shared.assignment import allocation_status, assignment_state
+from shared.cache import meta_key
 from shared.cluster_view import DeploymentView
 from shared.planner import estimate_memory_bytes
 from shared.redis_conn import text
 from shared.stats import parse_counters, render_deployment_stats, render_inference_stats, render_node_stats
+
+_CACHE_FIELDS = ("bytes", "entries", "no_headroom")
+
+
+def _cache_fields(doc: dict[str, Any], meta: list[Any]) -> dict[str, int]:
+    """A node's cache, an inferq extension (docs/operations-redis-memory.md)."""
+    used, entries, no_headroom = (int(float(v)) if v is not None else 0 for v in meta)
+    return {
+        "cache_budget_bytes": int(doc.get("cache_budget_bytes", doc.get("cache_size_bytes", 0))),
+        "cache_used_bytes": used,
+        "cache_entry_count": entries,
+        "cache_no_headroom_count": no_headroom,
+    }
 
 
 async def _deployment_stats(client: aioredis.Redis, view: DeploymentView, now: int) -> dict[str, Any]:
@@ -34,6 +48,7 @@ async def _deployment_stats(client: aioredis.Redis, view: DeploymentView, now: i
     async with client.pipeline(transaction=False) as pipe:
         for node in nodes:
             pipe.hgetall(keys.stats(deployment_id, node))
+            pipe.hmget(meta_key(keys.cache_prefix(deployment_id, node)), *_CACHE_FIELDS)
             pipe.llen(keys.queue(deployment_id, node))
             for key in processing[node]:
                 pipe.llen(key)
@@ -41,7 +56,7 @@ async def _deployment_stats(client: aioredis.Redis, view: DeploymentView, now: i
     rendered: list[dict[str, Any]] = []
     params = view.doc["task_parameters"]
     for node in nodes:
-        raw, queued = next(replies), int(next(replies))
+        raw, cache_meta, queued = next(replies), next(replies), int(next(replies))
         in_flight = sum(int(next(replies)) for _ in processing[node])
         route = view.routes.get(node)
         info = infos.get(node)
@@ -59,6 +74,7 @@ async def _deployment_stats(client: aioredis.Redis, view: DeploymentView, now: i
                 threads_per_allocation=route.threads_per_allocation if route else int(params["threads_per_allocation"]),
                 number_of_allocations=route.current_allocations if route else 0,
             )
+            | _cache_fields(view.doc, cache_meta)
         )
     doc = dict(view.doc)
     doc["assignment_state"] = assignment_state(view.doc, view.routes)

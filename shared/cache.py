@@ -7,7 +7,7 @@ tag, so one cluster slot); their layout and the byte accounting are described in
 - ``<prefix>:e:<digest>``: one string per entry (a 26-byte header, then the value);
 - ``<prefix>:idx``: the eviction index (zset);
 - ``<prefix>:meta``: counters (hash: bytes, entries, hits, misses, evictions, stored,
-  rejected_too_large, last_evicted_count, tick).
+  rejected_too_large, no_headroom, last_evicted_count, tick).
 
 Each operation is written once, as a generator that yields Redis requests and receives their
 replies (``_CacheOps``); ``_run_async`` drives it over ``redis.asyncio`` and ``_run_sync`` over
@@ -21,6 +21,12 @@ the client's socket timeouts (``sync_cache_client`` builds a suitable client), b
 Redis and socket errors, count them locally, and skip the cache for ``retry_after_s`` after a
 failure so a broken Redis costs at most one bounded wait per window. ``clear``, ``stats`` and
 ``footprint`` are control-plane calls and raise.
+
+Redis memory is a budget (docs/operations-redis-memory.md): besides its own ``budget_bytes``, an
+insert that would grow the cache first checks Redis's ``used_memory`` against
+``memory_ceiling_bytes``; when Redis is short (counted in ``no_headroom``) the entry goes in only
+in place of evicted ones, or not at all, so a cache never takes the memory queues, replies,
+heartbeats and state need.
 
 The clients must not decode responses (values are bytes).
 """
@@ -56,7 +62,10 @@ _SCAN_COUNT = 500
 # Script bodies: ARGV carries the prefix and arguments; KEYS names the keys each call touches
 # up front (evictions also touch other entries under the same hash tag).
 GET_BODY = "return cache_get(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))"
-PUT_BODY = "return cache_put(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]))"
+PUT_BODY = (
+    "return cache_put(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), "
+    "cache_headroom(ARGV[7]))"
+)
 CLEAR_BODY = "return cache_clear(ARGV[1])"
 SWEEP_BODY = "return cache_sweep(ARGV[1], KEYS)"
 AUDIT_BODY = "return cache_audit(ARGV[1])"
@@ -156,6 +165,7 @@ class CacheStats:
     evictions: int = 0
     stored: int = 0
     rejected_too_large: int = 0
+    no_headroom: int = 0  # inserts that found Redis at its ceiling (then only replacing, or skipped)
     errors: int = 0  # this process: Redis failures and timeouts turned into misses
     skipped: int = 0  # this process: calls not sent while backing off after a failure
 
@@ -213,6 +223,7 @@ class _CacheOps:
     prefix: str
     budget_bytes: int
     policy: Policy
+    memory_ceiling_bytes: int = 0  # Redis used_memory above which nothing grows the cache; 0: none
 
     def get(self, digest: str, now_ms: int) -> _Ops[bytes | None]:
         keys = (entry_key(self.prefix, digest), index_key(self.prefix), meta_key(self.prefix))
@@ -223,7 +234,7 @@ class _CacheOps:
 
     def put(self, digest: str, value: bytes, now_ms: int) -> _Ops[bool]:
         keys = (entry_key(self.prefix, digest), index_key(self.prefix), meta_key(self.prefix))
-        args = (self.prefix, digest, value, self.budget_bytes, self.policy, now_ms)
+        args = (self.prefix, digest, value, self.budget_bytes, self.policy, now_ms, self.memory_ceiling_bytes)
         reply = yield _Eval(cache_scripts().put, keys, args)
         return bool(reply == 1)
 
@@ -242,6 +253,7 @@ class _CacheOps:
             evictions=_int(meta.get("evictions")),
             stored=_int(meta.get("stored")),
             rejected_too_large=_int(meta.get("rejected_too_large")),
+            no_headroom=_int(meta.get("no_headroom")),
         )
 
     def footprint(self) -> _Ops[CacheFootprint]:
@@ -425,6 +437,7 @@ class ResultCache:
         policy: Policy = "lfu",
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry_after_s: float = DEFAULT_RETRY_AFTER_S,
+        memory_ceiling_bytes: int = 0,
     ) -> None:
         _check_args(redis_client, budget_bytes, policy, timeout_s)
         self.redis = redis_client
@@ -432,7 +445,7 @@ class ResultCache:
         self.budget_bytes = budget_bytes
         self.policy: Policy = policy
         self.timeout_s = timeout_s
-        self._ops = _CacheOps(prefix, budget_bytes, policy)
+        self._ops = _CacheOps(prefix, budget_bytes, policy, memory_ceiling_bytes)
         self._breaker = _Breaker(prefix, retry_after_s)
 
     async def _bounded(self, ops: _Ops[T], default: T) -> T:
@@ -476,13 +489,14 @@ class SyncResultCache:
         budget_bytes: int,
         policy: Policy = "lfu",
         retry_after_s: float = DEFAULT_RETRY_AFTER_S,
+        memory_ceiling_bytes: int = 0,
     ) -> None:
         _check_args(redis_client, budget_bytes, policy, DEFAULT_TIMEOUT_S)
         self.redis = redis_client
         self.prefix = prefix
         self.budget_bytes = budget_bytes
         self.policy: Policy = policy
-        self._ops = _CacheOps(prefix, budget_bytes, policy)
+        self._ops = _CacheOps(prefix, budget_bytes, policy, memory_ceiling_bytes)
         self._breaker = _Breaker(prefix, retry_after_s)
 
     def _bounded(self, ops: _Ops[T], default: T) -> T:
@@ -561,6 +575,7 @@ def make_cache(
     policy: Policy = "lfu",
     timeout_s: float = DEFAULT_TIMEOUT_S,
     retry_after_s: float = DEFAULT_RETRY_AFTER_S,
+    memory_ceiling_bytes: int = 0,
 ) -> Cache:
     """``NullCache`` for a budget of 0, else a ``ResultCache``."""
     if budget_bytes == 0:
@@ -572,6 +587,7 @@ def make_cache(
         policy=policy,
         timeout_s=timeout_s,
         retry_after_s=retry_after_s,
+        memory_ceiling_bytes=memory_ceiling_bytes,
     )
 
 
@@ -582,10 +598,16 @@ def make_sync_cache(
     budget_bytes: int,
     policy: Policy = "lfu",
     retry_after_s: float = DEFAULT_RETRY_AFTER_S,
+    memory_ceiling_bytes: int = 0,
 ) -> SyncCache:
     """``SyncNullCache`` for a budget of 0, else a ``SyncResultCache``."""
     if budget_bytes == 0:
         return SyncNullCache()
     return SyncResultCache(
-        redis_client, prefix, budget_bytes=budget_bytes, policy=policy, retry_after_s=retry_after_s
+        redis_client,
+        prefix,
+        budget_bytes=budget_bytes,
+        policy=policy,
+        retry_after_s=retry_after_s,
+        memory_ceiling_bytes=memory_ceiling_bytes,
     )

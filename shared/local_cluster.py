@@ -2,7 +2,9 @@
 
 Redis: ``--redis-url``/``REDIS_URL`` if given; else a server already answering on
 127.0.0.1:6379; else a private ``redis-server`` on a free port (installed from Debian's
-packages first when it is absent and we are root). Then one gateway, N worker nodes and an
+packages first when it is absent and we are root), configured to keep state
+(``redis_server_args``: AOF with an fsync every second in ``INFERQ_REDIS_DIR``, ``maxmemory``
+``INFERQ_REDIS_MAXMEMORY`` with ``noeviction``; docs/operations-redis-memory.md). Then one gateway, N worker nodes and an
 RQ bulk worker; optionally the demo model is imported and deployed. SIGINT/SIGTERM stop
 every child (SIGTERM, then SIGKILL after a grace period), so nothing is left running.
 """
@@ -16,17 +18,24 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 DEMO_MODEL_ID = "all-minilm-l6-v2"
 GRACE_S = 15.0
+REDIS_MAXMEMORY = "1gb"  # models, queues, state and the caches' budgets (docs/operations-redis-memory.md)
+
+
+def redis_server_args(port: int, data_dir: str, maxmemory: str = REDIS_MAXMEMORY) -> list[str]:
+    """The private Redis's options: state survives a restart (AOF, fsync every second) and is never
+    evicted (a write past maxmemory is refused; the caches keep under it by themselves)."""
+    return ["--port", str(port), "--bind", "127.0.0.1", "--dir", data_dir, "--save", "",
+            "--appendonly", "yes", "--appendfsync", "everysec",
+            "--maxmemory", maxmemory, "--maxmemory-policy", "noeviction", "--loglevel", "warning"]  # fmt: skip
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -193,7 +202,6 @@ def run_cluster(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    workdir = Path(tempfile.mkdtemp(prefix="inferq-cluster-"))
     try:
         url = redis_url or os.environ.get("REDIS_URL") or ""
         if not url:
@@ -201,10 +209,12 @@ def run_cluster(
                 url = "redis://127.0.0.1:6379/0"
             else:
                 redis_port = _free_port()
+                data_dir = os.environ.get("INFERQ_REDIS_DIR") or os.path.expanduser("~/.cache/inferq/redis")
+                os.makedirs(data_dir, exist_ok=True)
+                maxmemory = os.environ.get("INFERQ_REDIS_MAXMEMORY") or REDIS_MAXMEMORY
                 supervisor.spawn(
                     "redis-server",
-                    [ensure_redis_server_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"],
+                    [ensure_redis_server_binary(), *redis_server_args(redis_port, data_dir, maxmemory)],
                 )
                 url = f"redis://127.0.0.1:{redis_port}/0"
                 deadline = time.monotonic() + 10
@@ -248,4 +258,3 @@ def run_cluster(
         return 0
     finally:
         supervisor.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)

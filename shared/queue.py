@@ -8,7 +8,8 @@ unchanged on Redis Cluster.
   else the bounded LPUSH; a full queue counts a rejection. One round trip.
 - ``TAKE``: move up to N more items into an allocation's processing list (batching), at
   most its share of the queue.
-- ``COMPLETE``: cache the new results, record stats, drop the processing list.
+- ``COMPLETE``: drop the processing list, cache the new results (while Redis has headroom),
+  record stats.
 - ``REQUEUE``: move a list's items back to a queue (an allocation's own work after a Redis error).
 - ``REQUEUE_COUNTED``: the same for the work of a worker that died holding it: each request's
   delivery count goes up by one (``InferRequest.deliveries``; a worker answers a request past
@@ -60,7 +61,10 @@ return queue_take(KEYS[1], KEYS[2], n)
 )
 
 # KEYS: stats, processing.  ARGV: cache_prefix, budget_bytes, policy, now_ms, start_ms,
-# results, time_ms_sum, errors, then digest/value pairs to cache.
+# results, time_ms_sum, errors, memory_ceiling_bytes (0: none), then digest/value pairs to cache.
+# The processing list goes first: a write that frees memory, so the bookkeeping after it is never
+# refused for memory (Redis checks maxmemory only before a script's first write), and the cache
+# inserts grow Redis only under the ceiling (cache.lua), never into what queues and state need.
 COMPLETE = compose(
     "cache",
     "stats",
@@ -69,15 +73,18 @@ local stats_key, processing_key = KEYS[1], KEYS[2]
 local cache_prefix, budget, policy = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now_ms, start_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
 local results, time_sum, errors = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+redis.call('DEL', processing_key)
 if budget > 0 then
-  for i = 9, #ARGV, 2 do
-    cache_put(cache_prefix, ARGV[i], ARGV[i + 1], budget, policy, now_ms)
+  local headroom = cache_headroom(ARGV[9])
+  for i = 10, #ARGV, 2 do
+    cache_put(cache_prefix, ARGV[i], ARGV[i + 1], budget, policy, now_ms, headroom)
   end
+elseif #ARGV >= 10 then
+  cache_trim(cache_prefix, 0, 64)  -- the budget went to 0: empty the cache, a little per batch
 end
 if results > 0 or errors > 0 then
   stats_record(stats_key, start_ms, now_ms, results, 0, time_sum, time_sum, errors)
 end
-redis.call('DEL', processing_key)
 return 1
 """,
 )

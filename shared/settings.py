@@ -9,6 +9,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shared.units import parse_byte_size
+
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
@@ -23,6 +25,12 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 def _str(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name)
     return raw if raw not in (None, "") else default
+
+
+def _bytes(env: Mapping[str, str], name: str) -> int:
+    """A byte size ("2gb", "512mb", or a bare 0); unset is 0."""
+    raw = env.get(name)
+    return parse_byte_size(raw, name) if raw not in (None, "") else 0
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -45,6 +53,8 @@ class GatewaySettings:
     body_timeout_s: float = 30.0  # a request body not fully received this long after its head: 408, closed
     max_docs_per_request: int = 10_000  # documents in one _infer
     max_text_bytes: int = 1024 * 1024  # UTF-8 bytes of one document's text
+    redis_memory_bytes: int = 0  # Redis's memory where it has no maxmemory (docs/operations-redis-memory.md)
+    redis_reserve_bytes: int = 0  # Redis memory kept for queues and state; 0: max(16 MiB, 10%)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -65,6 +75,8 @@ class GatewaySettings:
             body_timeout_s=_float(env, "INFERQ_BODY_TIMEOUT_S", 30.0),
             max_docs_per_request=_int(env, "INFERQ_MAX_DOCS_PER_REQUEST", 10_000),
             max_text_bytes=_int(env, "INFERQ_MAX_TEXT_BYTES", 1024 * 1024),
+            redis_memory_bytes=_bytes(env, "INFERQ_REDIS_MEMORY"),
+            redis_reserve_bytes=_bytes(env, "INFERQ_REDIS_RESERVE"),
         )
 
 

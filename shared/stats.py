@@ -259,6 +259,11 @@ def render_deployment_stats(
             out[name] = total
     out["peak_throughput_per_minute"] = _sum(node_stats, "peak_throughput_per_minute")
     out["nodes"] = node_stats
+    # inferq extension (docs/operations-redis-memory.md): the per-node cache budget Redis's memory
+    # allows (``cache_size`` is what was asked), and the bytes the node caches hold now
+    out["cache_budget_bytes"] = int(deployment.get("cache_budget_bytes", deployment.get("cache_size_bytes", 0)))
+    out["cache_budget_state"] = str(deployment.get("cache_budget_state", "fits"))
+    out["cache_used_bytes"] = _sum(node_stats, "cache_used_bytes")
     return out
 
 

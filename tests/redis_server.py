@@ -8,7 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
@@ -31,8 +31,9 @@ def private_redis() -> Iterator[str]:
 
 
 @contextmanager
-def redis_server_process() -> Iterator[tuple[str, int]]:
-    """Always a fresh redis-server of our own (its INFO counters are ours alone): (url, pid)."""
+def redis_server_process(extra_args: Sequence[str] = ()) -> Iterator[tuple[str, int]]:
+    """Always a fresh redis-server of our own (its INFO counters are ours alone): (url, pid).
+    ``extra_args`` are more options (``--maxmemory 8mb``...)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not on PATH (make test installs it)")
@@ -40,7 +41,7 @@ def redis_server_process() -> Iterator[tuple[str, int]]:
     workdir = tempfile.mkdtemp(prefix="inferq-redis-")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--loglevel", "warning"],
+         "--dir", workdir, "--loglevel", "warning", *extra_args],
         stdout=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"

@@ -38,6 +38,7 @@ from redis.exceptions import NoScriptError
 from shared import keys
 from shared.errors import InferenceFailed, InferqError
 from shared.queue import COMPLETE, REQUEUE, TAKE
+from shared.redis_budget import CacheLimits
 from shared.redis_conn import as_bytes
 from shared.settings import WorkerSettings
 from shared.wire import InferReply, InferRequest, WireError
@@ -78,7 +79,7 @@ class AllocationContext:
     deployment_id: str
     node_id: str
     threads: int
-    cache_budget_bytes: int
+    cache_limits: Callable[[], CacheLimits]  # the budget and Redis's ceiling now (the planner may move them)
     cache_policy: str
     start_ms: int
     limits: BatchLimits
@@ -267,15 +268,17 @@ class Allocation(threading.Thread):
         a pipeline would add a SCRIPT EXISTS round trip)."""
         pipe = client.pipeline(transaction=False)
         self._push_replies(pipe, outcome.take_replies(), reply_to)
+        cache = self.context.cache_limits()
         complete_args = [
             self.cache_prefix,
-            self.context.cache_budget_bytes,
+            cache.budget_bytes,
             self.context.cache_policy,
             now_ms(),
             self.context.start_ms,
             outcome.ok,
             outcome.time_sum_ms,
             outcome.errors,
+            cache.memory_ceiling_bytes,
             *outcome.cache_pairs,
         ]
         pipe.evalsha(complete.sha, 2, self.stats_key, self.processing_key, *complete_args)

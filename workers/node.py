@@ -22,6 +22,8 @@ import redis
 from shared import keys, node_registry
 from shared.deployment_store import RouteStatus, SyncDeploymentStore
 from shared.queue import REQUEUE_COUNTED
+from shared.redis_budget import CacheLimits
+from shared.redis_config import warn_redis_config
 from shared.redis_conn import sync_client, text
 from shared.settings import WorkerSettings
 from workers.allocation import Allocation, AllocationContext, BatchLimits
@@ -45,6 +47,7 @@ class DeploymentRunner:
         self.deployment_id = str(doc["deployment_id"])
         self.uid = str(doc["uid"])
         self.threads = int(doc["task_parameters"]["threads_per_allocation"])
+        self.cache_limits = CacheLimits.of_doc(doc)  # replaced when the planner moves the budget
         self.model: LoadedModel | None = None
         self.allocations: list[Allocation] = []
         self.lock = threading.Lock()
@@ -104,7 +107,7 @@ class DeploymentRunner:
             deployment_id=self.deployment_id,
             node_id=self.node.node_id,
             threads=self.threads,
-            cache_budget_bytes=int(self.doc.get("cache_size_bytes", 0)),
+            cache_limits=lambda: self.cache_limits,
             cache_policy=str(self.doc.get("cache_policy", "lfu")),
             start_ms=self.started_ms,
             limits=BatchLimits.from_settings(settings),
@@ -212,6 +215,7 @@ class Node:
         node_registry.register(
             self.client, self.node_id, self.settings.processors, self.settings.memory_bytes, self.settings.heartbeat_ttl_s
         )
+        warn_redis_config(self.client, f"node {self.node_id}")
         self.requeue_leftovers()
         self.heartbeat.start()
         threading.Thread(target=self._event_loop, name="events", daemon=True).start()
@@ -257,6 +261,7 @@ class Node:
                     self.runners[deployment_id] = runner
                     runner.start(target)
                 elif not runner.closing:
+                    runner.cache_limits = CacheLimits.of_doc(doc)
                     runner.scale(target)
             elif runner is not None:
                 runner.drain()

@@ -9,7 +9,7 @@
 --   prefix..":idx"         zset    member HEADER .. digest; score = LFU count or LRU tick;
 --                                  ZPOPMIN gives the next entry to evict
 --   prefix..":meta"        hash    bytes, entries, hits, misses, evictions, stored,
---                                  rejected_too_large, last_evicted_count, tick
+--                                  rejected_too_large, no_headroom, last_evicted_count, tick
 --
 -- HEADER (26 bytes, fixed width, decimal) = 10 digits of (9999999999 - footprint_bytes)
 -- followed by 16 digits of the insert tick. Within one score the zset orders members
@@ -32,6 +32,15 @@
 -- key of the cache: 128-149 across those runs (errors under 1.5%); `python -m benchmarks.cache_policy --calibrate`
 -- repeats it. Up to 128 members Redis keeps the index as a listpack, about 77 bytes a member
 -- cheaper than the skiplist assumed here: small caches are over-counted (never under).
+--
+-- Headroom (docs/operations-redis-memory.md): an insert that would grow the cache (it is under
+-- its budget, so nothing is evicted to make room) first checks that Redis's used_memory plus
+-- the entry stays under `ceiling_bytes` (maxmemory minus what queues and state are guaranteed),
+-- reading INFO memory once per script (about 5 us; never while the cache is full and inserts
+-- only replace evicted bytes). Short of headroom (meta.no_headroom counts it) the entry goes
+-- in only in place of evicted ones, so Redis does not grow; an empty cache skips it. Queues,
+-- replies, heartbeats and state keep the rest.
+-- ceiling_bytes <= 0: no limit is known, nothing is checked.
 --
 -- Numbers handed to redis.call are formatted with "%.0f": Lua 5.1 would otherwise print large
 -- ones with 14 significant digits ("1.7e+15") and lose precision.
@@ -152,9 +161,33 @@ local function cache_get(prefix, digest, policy, now_ms)
   return false
 end
 
--- Store value under digest, evicting inside this call until it fits in budget_bytes.
+-- A headroom tracker for one script run: {ceiling = bytes}; `room` is read from INFO memory the
+-- first time an insert would grow Redis, then lowered by what each insert adds.
+local function cache_headroom(ceiling_bytes)
+  return {ceiling = tonumber(ceiling_bytes) or 0, room = nil}
+end
+
+-- Whether `growth_bytes` more fit under the ceiling (and take them if so).
+local function cache_take_headroom(headroom, growth_bytes)
+  if headroom.ceiling <= 0 or growth_bytes <= 0 then
+    return true
+  end
+  if headroom.room == nil then
+    local info = redis.call("INFO", "memory")
+    local used = tonumber(string.match(info, "used_memory:(%d+)")) or 0
+    headroom.room = headroom.ceiling - used
+  end
+  if growth_bytes > headroom.room then
+    return false
+  end
+  headroom.room = headroom.room - growth_bytes
+  return true
+end
+
+-- Store value under digest, evicting inside this call until it fits in budget_bytes, and only
+-- while Redis has headroom (see the top of this file; headroom from cache_headroom).
 -- 1 if the value is in the cache afterwards (stored now or already there), 0 if refused.
-local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms)
+local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms, headroom)
   local meta = prefix .. ":meta"
   local entry = prefix .. ":e:" .. digest
   local footprint = cache_entry_footprint(#entry, #value, #digest)
@@ -171,8 +204,18 @@ local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms)
   local m = redis.call("HMGET", meta, "bytes", "entries", "evictions", "stored", "tick", "last_evicted_count")
   local entries = tonumber(m[2]) or 0
   local last_evicted_count = tonumber(m[6]) or 0
-  local used, evicted, last_score, drained = cache_evict_until(
-    prefix, tonumber(m[1]) or 0, budget_bytes - footprint)
+  local used_before = tonumber(m[1]) or 0
+  local limit = budget_bytes
+  -- what Redis grows by at most: the entry, less what is evicted to keep the budget
+  if not cache_take_headroom(headroom, math.min(footprint, budget_bytes - used_before)) then
+    -- short of headroom: the entry goes in only in place of evicted ones (Redis does not grow)
+    redis.call("HINCRBY", meta, "no_headroom", 1)
+    if footprint > used_before then
+      return 0
+    end
+    limit = used_before
+  end
+  local used, evicted, last_score, drained = cache_evict_until(prefix, used_before, limit - footprint)
   if drained then
     entries = 0
   else
@@ -198,6 +241,34 @@ local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms)
     "tick", cache_num(tick),
     "last_evicted_count", cache_num(last_evicted_count))
   return 1
+end
+
+-- Evict at most max_evictions entries while the cache holds more than budget_bytes (a budget
+-- the planner lowered: caches settle within it a few entries per call, never in one long script).
+local function cache_trim(prefix, budget_bytes, max_evictions)
+  local meta = prefix .. ":meta"
+  local m = redis.call("HMGET", meta, "bytes", "entries", "evictions")
+  local used = tonumber(m[1]) or 0
+  if used <= budget_bytes then
+    return 0
+  end
+  local idx = prefix .. ":idx"
+  local evicted = 0
+  while used > budget_bytes and evicted < max_evictions do
+    local popped = redis.call("ZPOPMIN", idx)
+    if popped[1] == nil then
+      used = 0
+      break
+    end
+    redis.call("DEL", prefix .. ":e:" .. cache_member_digest(popped[1]))
+    used = math.max(used - cache_member_footprint(popped[1]), 0)
+    evicted = evicted + 1
+  end
+  redis.call("HSET", meta,
+    "bytes", cache_num(used),
+    "entries", cache_num(math.max((tonumber(m[2]) or 0) - evicted, 0)),
+    "evictions", cache_num((tonumber(m[3]) or 0) + evicted))
+  return evicted
 end
 
 -- Delete every indexed entry, the index and the meta hash (counters included), atomically.

@@ -265,6 +265,9 @@ def test_deployment_stats_sums_started_nodes() -> None:
         "inference_count": 12,
         "peak_throughput_per_minute": 12,
         "nodes": [a, b],
+        "cache_budget_bytes": 265632637,  # inferq: documents written before budgets, as asked
+        "cache_budget_state": "fits",
+        "cache_used_bytes": 0,
     }
     assert list(stats) == [
         "deployment_id",
@@ -283,6 +286,9 @@ def test_deployment_stats_sums_started_nodes() -> None:
         "inference_count",
         "peak_throughput_per_minute",
         "nodes",
+        "cache_budget_bytes",
+        "cache_budget_state",
+        "cache_used_bytes",
     ]
     assert render_inference_stats(stats, timestamp_ms=START_MS + 5) == {
         "failure_count": 3,
