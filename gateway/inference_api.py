@@ -28,6 +28,7 @@ from shared.errors import (
     Conflict,
     IllegalArgument,
     NotFound,
+    RequestTimeout,
     ResourceAlreadyExists,
     model_not_found,
 )
@@ -131,7 +132,11 @@ async def put_endpoint(request: web.Request) -> web.Response:
             start_body["number_of_allocations"] = settings.num_allocations
         if settings.adaptive_allocations is not None:
             start_body["adaptive_allocations"] = settings.adaptive_allocations
-        await request.app[CONTROL].start(parse_start(resolved, {}, start_body))
+        try:
+            await request.app[CONTROL].start(parse_start(resolved, {}, start_body))
+        except RequestTimeout:  # started but not in time: ES stops what it started for the endpoint
+            await request.app[CONTROL].stop(inference_id, finish_pending_work=False)
+            raise
         await producer.watcher.refresh()
     try:
         dimensions = None

@@ -26,6 +26,7 @@ from shared.errors import (
     InferqError,
     XContentParseError,
 )
+from shared.model_store import MODEL_ID_RE
 
 SERVICE = "elasticsearch"
 # Elasticsearch's TaskType enum (rest names); the elasticsearch service serves the first three
@@ -185,9 +186,9 @@ def _adaptive(settings: dict[str, Any], errors: list[str]) -> dict[str, Any] | N
             adaptive[name] = value
     low, high = adaptive.get("min_number_of_allocations"), adaptive.get("max_number_of_allocations")
     if isinstance(low, int) and low < 0:
-        errors.append("[min_number_of_allocations] must be a non-negative integer")
+        errors.append("[min_number_of_allocations] must be a non-negative integer or null")
     if isinstance(high, int) and high < 1:
-        errors.append("[max_number_of_allocations] must be a positive integer")
+        errors.append("[max_number_of_allocations] must be a positive integer or null")
     if isinstance(low, int) and isinstance(high, int) and low > high:
         errors.append("[min_number_of_allocations] must not be larger than [max_number_of_allocations]")
     return adaptive
@@ -341,6 +342,11 @@ def parse_endpoint(inference_id: str, url_task_type: str, body: Mapping[str, Any
         raise BadRequest(
             f"[{inference_id}] is a reserved inference ID. Cannot create a new inference endpoint with a reserved ID."
         )
+    if MODEL_ID_RE.match(inference_id) is None:
+        raise ActionRequestValidation([
+            f"Invalid inference_id; '{inference_id}' can contain lowercase alphanumeric (a-z and 0-9), hyphens or "
+            "underscores; must start and end with alphanumeric"
+        ])
     config = dict(body)
     task_type = resolve_task_type(url_task_type, config.pop("task_type", None))
     service = config.pop("service", None)

@@ -142,6 +142,8 @@ async def get_models(request: web.Request) -> web.Response:
     expression = resolve_aliases(request.match_info.get("model_id", "_all"), aliases)
     allow_no_match = query_bool(request, "allow_no_match", True)
     include = parse_include(request.query.get("include", ""))
+    if query_bool(request, "include_model_definition", False):  # the deprecated spelling of include=definition
+        include.add("definition")
     ids = await store.match(expression, allow_no_match=allow_no_match)
     if "definition" in include and len(ids) > 1:
         raise BadRequest("Getting model definition is not supported when getting more than one model")

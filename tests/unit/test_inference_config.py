@@ -167,3 +167,18 @@ def test_view_prefers_started_deployments_and_resolves_aliases() -> None:
     assert view.resolve("current") is view.deployments["b-started"]
     assert view.resolve("a-waiting") is view.deployments["a-waiting"]
     assert view.resolve("other") is None
+
+
+def test_inference_privileges() -> None:
+    from gateway.auth import action_for
+    from shared.api_keys import action_allowed
+
+    post = action_for("POST", "/_inference/{task_type}/{inference_id}")
+    put = action_for("PUT", "/_inference/{task_type}/{inference_id}")
+    alias = action_for("PUT", "/_ml/trained_models/{model_id}/model_aliases/{model_alias}")
+    assert action_allowed([["monitor_inference"]], post) and action_allowed([["monitor_inference"]], action_for("GET", "/_inference"))
+    assert not action_allowed([["monitor_inference"]], put)
+    assert action_allowed([["manage_inference"]], put) and action_allowed([["manage_inference"]], post)
+    assert action_allowed([["manage_inference"]], action_for("DELETE", "/_inference/{inference_id}"))
+    assert action_allowed([["manage_ml"]], alias) and not action_allowed([["monitor_ml"]], alias)
+    assert not action_allowed([["monitor_ml"]], post)
