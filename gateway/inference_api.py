@@ -228,24 +228,6 @@ async def delete_endpoint(request: web.Request) -> web.Response:
 # ---- _update -----------------------------------------------------------------------------------
 
 
-def _update_settings(raw: Any) -> tuple[int | None, dict[str, Any] | None]:
-    """The service settings an ``elasticsearch`` endpoint can change: ``num_allocations`` and
-    ``adaptive_allocations``."""
-    if raw is None:
-        return None, None
-    if not isinstance(raw, dict):
-        raise BadRequest(f"field [service_settings] is not of the expected type. The value [{raw}] cannot be converted to a [Map]")
-    settings = dict(raw)
-    errors: list[str] = []
-    allocations = ic._positive_int(settings, "num_allocations", errors, required=False)
-    adaptive = ic._adaptive(settings, errors)
-    if errors:
-        raise ic.ValidationFailed(errors)
-    if settings:
-        raise BadRequest(f"Configuration contains settings [{ic.java_map(settings)}] unknown to the [{ic.SERVICE}] service")
-    return allocations, adaptive
-
-
 async def update_endpoint(request: web.Request) -> web.Response:
     check_params(request, ())
     inference_id, url_task = _ids(request)
@@ -262,7 +244,7 @@ async def update_endpoint(request: web.Request) -> web.Response:
     ) else doc["task_type"]  # fmt: skip
     if task_type != doc["task_type"]:
         raise BadRequest("Task type must match the task type of the existing endpoint")
-    allocations, adaptive = _update_settings(body.get("service_settings"))
+    allocations, adaptive = ic.parse_update_service_settings(body.get("service_settings"))
     updated = dict(doc)
     if body.get("task_settings") is not None:
         if doc["task_type"] != "rerank":
@@ -292,18 +274,10 @@ async def update_endpoint(request: web.Request) -> web.Response:
             service_settings["num_allocations"] = allocations
         if adaptive is not None:
             service_settings["adaptive_allocations"] = adaptive
-        updated["service_settings"] = _ordered_settings(service_settings)
+        updated["service_settings"] = ic.order_service_settings(service_settings)
     if updated != doc:
         await store.replace(updated)
     return json_response(request, ic.public_view(updated))
-
-
-def _ordered_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    order = ("num_allocations", "num_threads", "model_id", "adaptive_allocations", "deployment_id",
-             "dimensions", "similarity", "element_type")  # fmt: skip
-    return {name: settings[name] for name in order if name in settings} | {
-        k: v for k, v in settings.items() if k not in order
-    }
 
 
 # ---- POST (inference) --------------------------------------------------------------------------

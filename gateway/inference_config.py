@@ -412,6 +412,36 @@ def render_service_settings(
     return out
 
 
+SETTINGS_ORDER = (
+    "num_allocations", "num_threads", "model_id", "adaptive_allocations", "deployment_id",
+    "dimensions", "similarity", "element_type",
+)  # fmt: skip
+
+
+def order_service_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings in ``render_service_settings``' order (after an update changed some)."""
+    ordered = {name: settings[name] for name in SETTINGS_ORDER if name in settings}
+    return ordered | {k: v for k, v in settings.items() if k not in SETTINGS_ORDER}
+
+
+def parse_update_service_settings(raw: Any) -> tuple[int | None, dict[str, Any] | None]:
+    """What ``_update`` may change in an ``elasticsearch`` endpoint's service settings:
+    ``num_allocations`` and ``adaptive_allocations``."""
+    if raw is None:
+        return None, None
+    if not isinstance(raw, Mapping):
+        raise BadRequest(f"field [service_settings] is not of the expected type. The value [{raw}] cannot be converted to a [Map]")
+    settings = dict(raw)
+    errors: list[str] = []
+    allocations = _positive_int(settings, "num_allocations", errors, required=False)
+    adaptive = _adaptive(settings, errors)
+    if errors:
+        raise ValidationFailed(errors)
+    if settings:
+        raise BadRequest(f"Configuration contains settings [{java_map(settings)}] unknown to the [{SERVICE}] service")
+    return allocations, adaptive
+
+
 def public_view(doc: Mapping[str, Any]) -> dict[str, Any]:
     """An endpoint as ``ModelConfigurations`` renders it (no private ``_`` fields)."""
     out: dict[str, Any] = {
