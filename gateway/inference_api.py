@@ -51,7 +51,8 @@ def _ids(request: web.Request) -> tuple[str, str]:
 
 def _timeout_ms(request: web.Request, body_value: Any = None) -> float:
     raw = request.query.get("timeout", body_value)
-    return parse_time_ms(raw, "timeout") if raw is not None else DEFAULT_TIMEOUT_MS
+    timeout_ms = parse_time_ms(raw, "timeout") if raw is not None else -1.0
+    return timeout_ms if timeout_ms >= 0 else DEFAULT_TIMEOUT_MS
 
 
 def _mismatch(requested: str, actual: str) -> BadRequest:

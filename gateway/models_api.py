@@ -251,7 +251,8 @@ async def delete_model(request: web.Request) -> web.Response:
     check_params(request, ("force", "timeout"))
     model_id = request.match_info["model_id"]
     force = query_bool(request, "force", False)
-    timeout_ms = parse_time_ms(request.query["timeout"], "timeout") if "timeout" in request.query else 30_000.0
+    timeout_ms = parse_time_ms(request.query["timeout"], "timeout") if "timeout" in request.query else -1.0
+    timeout_ms = timeout_ms if timeout_ms >= 0 else 30_000.0
     store = request.app[MODELS]
     if not await store.exists(model_id):
         raise model_not_found(model_id)

@@ -340,3 +340,8 @@ def test_es9_start_rules(solo: LocalCluster) -> None:
           "unknown [include] parameters [nonsense]. Valid options are [definition, definition_status, "
           "feature_importance_baseline, hyperparameters, total_feature_importance]")  # fmt: skip
     assert ok(solo, "GET", "/_ml/trained_models/emb?include=hyperparameters")["count"] == 1
+    status, answer = solo.call("GET", "/_ml/trained_models/emb?include_model_definition=true")
+    assert status == 400 and answer["error"]["type"] == "status_exception"
+    status, answer = solo.call("DELETE", "/_ml/trained_models/emb?force=true&timeout=soon")
+    assert status == 400 and answer["error"]["reason"].startswith("failed to parse setting [timeout] with value [soon]")
+    assert ok(solo, "GET", "/_ml/trained_models/emb")["count"] == 1  # a bad timeout deletes nothing
