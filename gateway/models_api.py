@@ -51,7 +51,9 @@ PUT_FIELDS = (
     "location",
 )
 ILLEGAL_AT_CREATION = ("version", "created_by", "create_time", "license_level", "model_package")
-INCLUDE_VALUES = ("definition", "definition_status", "feature_importance_baseline", "hyperparameters", "total_feature_importance")
+INCLUDE_VALUES = (
+    "definition", "definition_status", "feature_importance_baseline", "hyperparameters", "total_feature_importance",
+)  # fmt: skip
 GENERATED_FIELDS = ("created_by", "version", "create_time", "model_size_bytes", "estimated_operations", "license_level")
 
 
@@ -148,7 +150,10 @@ async def get_models(request: web.Request) -> web.Response:
     if "definition" in include and len(ids) > 1:
         raise BadRequest("Getting model definition is not supported when getting more than one model")
     if "definition" in include:
-        raise BadRequest("[include=definition] is not supported: inferq stores PyTorch definitions as raw parts; read them with the definition part API")
+        raise BadRequest(
+            "[include=definition] is not supported: inferq keeps PyTorch definitions as the raw parts they were "
+            "uploaded in"
+        )
     tags = [t for t in request.query.get("tags", "").split(",") if t]
     start, size = query_int(request, "from", 0), query_int(request, "size", 100)
     exclude_generated = query_bool(request, "exclude_generated", False)
