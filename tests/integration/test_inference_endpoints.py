@@ -108,6 +108,10 @@ def test_text_embedding_endpoint_starts_its_deployment(solo: LocalCluster, emb_e
     # a single string is one input; the task-less route works too
     single = ok(solo, "POST", "/_inference/emb-endpoint", {"input": TEXTS[0]})
     assert single == {"text_embedding": [{"embedding": expected[0]}]}
+    # one cache: _infer after the endpoint, and the endpoint again, were all answered from it
+    entries = ok(solo, "GET", "/_ml/trained_models/emb-endpoint/_stats")["trained_model_stats"]
+    stats = next(e["deployment_stats"] for e in entries if e["deployment_stats"]["deployment_id"] == "emb-endpoint")
+    assert sum(n["inference_cache_hit_count"] for n in stats["nodes"]) >= len(TEXTS) + 1
 
 
 def test_sparse_and_rerank_endpoints_equal_infer(
