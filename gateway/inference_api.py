@@ -18,8 +18,9 @@ from typing import Any
 from aiohttp import web
 
 from gateway import inference_config as ic
-from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS
+from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
 from gateway.http import check_params, json_response, query_bool, read_object
+from gateway.infer_api import check_limits
 from gateway.start_params import parse_start
 from shared import task_config
 from shared.cluster_view import DeploymentView
@@ -248,6 +249,11 @@ async def update_endpoint(request: web.Request) -> web.Response:
     allocations, adaptive = ic.parse_update_service_settings(body.get("service_settings"))
     updated = dict(doc)
     if body.get("task_settings") is not None:
+        if not isinstance(body["task_settings"], dict):
+            raise BadRequest(
+                f"field [task_settings] is not of the expected type. The value [{body['task_settings']}] cannot be "
+                "converted to a [Map]"
+            )
         if doc["task_type"] != "rerank":
             raise BadRequest(
                 f"Configuration contains settings [{ic.java_map(body['task_settings'])}] unknown to the [{ic.SERVICE}] service"
@@ -298,6 +304,8 @@ async def infer(request: web.Request) -> web.Response:
         )
     body = await read_object(request, required=True)
     parsed = ic.parse_inference_request(task_type, body)
+    check_limits(request.app[SETTINGS], [{"input": t} for t in parsed.inputs])  # _infer's limits
+    check_limits(request.app[SETTINGS], [{"query": parsed.query or ""}])
     timeout_ms = _timeout_ms(request, parsed.timeout)
     deployment_id = str(doc["_deployment_id"])
     if task_type == "rerank":
