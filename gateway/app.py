@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway import auth, deployments_api, infer_api, models_api, stats_api
+from gateway import aliases_api, auth, deployments_api, infer_api, inference_api, models_api, stats_api
 from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
 from gateway.control import ControlPlane, planner_loop
 from gateway.http import BODY_LIMITS, BodyLimits, check_params, error_middleware, json_response
@@ -25,6 +25,7 @@ from shared.settings import GatewaySettings
 log = logging.getLogger(__name__)
 
 ML = "/_ml/trained_models"
+INFERENCE = "/_inference"
 GC_GEN0_THRESHOLD = 20_000
 
 
@@ -70,6 +71,22 @@ def add_routes(app: web.Application) -> None:
     r.add_post(ML + "/{model_id}/deployment/_stop", deployments_api.stop_deployment)
     r.add_post(ML + "/{model_id}/deployment/_update", deployments_api.update_deployment)
     r.add_post(ML + "/{model_id}/deployment/cache/_clear", deployments_api.clear_deployment_cache)
+    r.add_put(ML + "/{model_id}/model_aliases/{model_alias}", aliases_api.put_alias)
+    r.add_delete(ML + "/{model_id}/model_aliases/{model_alias}", aliases_api.delete_alias)
+    add_inference_routes(app)
+
+
+def add_inference_routes(app: web.Application) -> None:
+    """``_inference``: a literal ``_update`` segment is tried before the ``{task_type}`` one."""
+    r = app.router
+    r.add_get(INFERENCE, inference_api.get_endpoints)
+    r.add_put(INFERENCE + "/{inference_id}/_update", inference_api.update_endpoint)
+    r.add_put(INFERENCE + "/{task_type}/{inference_id}/_update", inference_api.update_endpoint)
+    for path in (INFERENCE + "/{inference_id}", INFERENCE + "/{task_type}/{inference_id}"):
+        r.add_get(path, inference_api.get_endpoints)
+        r.add_put(path, inference_api.put_endpoint)
+        r.add_delete(path, inference_api.delete_endpoint)
+        r.add_post(path, inference_api.infer)
 
 
 def create_app(settings: GatewaySettings, *, redis: aioredis.Redis | None = None) -> web.Application:

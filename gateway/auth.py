@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 API_KEY_STORE = web.AppKey("api_key_store", ApiKeyStore)
 
 ML = "/_ml/trained_models"
+INFERENCE = "/_inference"
 SECURITY_API_KEY = "/_security/api_key"
 AUTHENTICATE = "/_security/_authenticate"
 
@@ -65,6 +66,19 @@ ROUTE_ACTIONS: dict[tuple[str, str], str] = {
     ("POST", ML + "/{model_id}/deployment/cache/_clear"): "cluster:admin/xpack/ml/trained_models/deployment/clear_cache",
     ("POST", ML + "/{model_id}/_infer"): "cluster:monitor/xpack/ml/inference/infer",
     ("POST", ML + "/{model_id}/deployment/_infer"): "cluster:monitor/xpack/ml/trained_models/deployment/infer",
+    ("PUT", ML + "/{model_id}/model_aliases/{model_alias}"): "cluster:admin/xpack/ml/inference/model_aliases/put",
+    ("DELETE", ML + "/{model_id}/model_aliases/{model_alias}"): "cluster:admin/xpack/ml/inference/model_aliases/delete",
+    ("GET", INFERENCE): "cluster:monitor/xpack/inference/get",
+    ("GET", INFERENCE + "/{inference_id}"): "cluster:monitor/xpack/inference/get",
+    ("GET", INFERENCE + "/{task_type}/{inference_id}"): "cluster:monitor/xpack/inference/get",
+    ("PUT", INFERENCE + "/{inference_id}"): "cluster:admin/xpack/inference/put",
+    ("PUT", INFERENCE + "/{task_type}/{inference_id}"): "cluster:admin/xpack/inference/put",
+    ("PUT", INFERENCE + "/{inference_id}/_update"): "cluster:admin/xpack/inference/update",
+    ("PUT", INFERENCE + "/{task_type}/{inference_id}/_update"): "cluster:admin/xpack/inference/update",
+    ("DELETE", INFERENCE + "/{inference_id}"): "cluster:admin/xpack/inference/delete",
+    ("DELETE", INFERENCE + "/{task_type}/{inference_id}"): "cluster:admin/xpack/inference/delete",
+    ("POST", INFERENCE + "/{inference_id}"): "cluster:monitor/xpack/inference/post",
+    ("POST", INFERENCE + "/{task_type}/{inference_id}"): "cluster:monitor/xpack/inference/post",
     ("POST", SECURITY_API_KEY): "cluster:admin/xpack/security/api_key/create",
     ("PUT", SECURITY_API_KEY): "cluster:admin/xpack/security/api_key/create",
     ("GET", SECURITY_API_KEY): "cluster:admin/xpack/security/api_key/get",

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.app_keys import CONTROL, PRODUCER, REDIS
 from gateway.http import check_params, json_response, read_object
+from gateway.inference_api import check_deployment_change
 from gateway.start_params import START_PARAMS, parse_start, parse_stop, parse_update
 from shared import keys
 from shared.cache import clear_cache
@@ -34,6 +35,8 @@ async def stop_deployment(request: web.Request) -> web.Response:
             return json_response(request, {"stopped": True})
         raise deployment_not_found(deployment_id)
     for target in targets:
+        await check_deployment_change(request, target, action="stop", force=params.force)
+    for target in targets:
         await control.stop(target, finish_pending_work=params.finish_pending_work)
     await request.app[PRODUCER].watcher.refresh()
     return json_response(request, {"stopped": True})
@@ -43,6 +46,7 @@ async def update_deployment(request: web.Request) -> web.Response:
     check_params(request, ("number_of_allocations", "timeout"))
     body = await read_object(request, required=False)
     allocations = parse_update(request.query, body)
+    await check_deployment_change(request, request.match_info["model_id"], action="update", force=False)
     assignment = await request.app[CONTROL].update(request.match_info["model_id"], allocations)
     return json_response(request, {"assignment": assignment})
 

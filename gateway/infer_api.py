@@ -25,7 +25,7 @@ def _parse(request: web.Request, body: dict[str, Any]) -> tuple[list[dict[str, A
         raise XContentParseError("[docs] must be an array of objects")
     if not docs:
         raise BadRequest("Validation Failed: 1: at least one document is required;", error_type="action_request_validation_exception")
-    _check_limits(request.app[SETTINGS], docs)
+    check_limits(request.app[SETTINGS], docs)
     inference_config = body.get("inference_config")
     if inference_config is not None and not isinstance(inference_config, dict):
         raise XContentParseError("[inference_config] must be an object")
@@ -34,7 +34,7 @@ def _parse(request: web.Request, body: dict[str, Any]) -> tuple[list[dict[str, A
     return docs, inference_config, timeout_ms
 
 
-def _check_limits(settings: GatewaySettings, docs: list[dict[str, Any]]) -> None:
+def check_limits(settings: GatewaySettings, docs: list[dict[str, Any]]) -> None:
     """Documents per request (400) and UTF-8 bytes per text (413), both documented limits."""
     if len(docs) > settings.max_docs_per_request:
         raise BadRequest(

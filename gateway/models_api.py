@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.app_keys import CONTROL, MODELS, PRODUCER
+from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS
 from gateway.http import (
     check_fields,
     check_params,
@@ -27,7 +27,9 @@ from shared.errors import (
     ValidationCollector,
     model_not_found,
 )
+from shared.inference_store import AliasStore, aliases_of
 from shared.model_store import MAX_DEFINITION_BYTES, MAX_ID_LENGTH, valid_id
+from shared.units import parse_time_ms
 
 VERSION = "9.2.0"
 NATIVE_INDEX = ".ml-inference-native-000002"
@@ -49,6 +51,9 @@ PUT_FIELDS = (
     "location",
 )
 ILLEGAL_AT_CREATION = ("version", "created_by", "create_time", "license_level", "model_package")
+INCLUDE_VALUES = (
+    "definition", "definition_status", "feature_importance_baseline", "hyperparameters", "total_feature_importance",
+)  # fmt: skip
 GENERATED_FIELDS = ("created_by", "version", "create_time", "model_size_bytes", "estimated_operations", "license_level")
 
 
@@ -134,14 +139,24 @@ async def get_models(request: web.Request) -> web.Response:
         ("allow_no_match", "decompress_definition", "exclude_generated", "from", "size", "include",
          "tags", "include_model_definition"),
     )
-    expression = request.match_info.get("model_id", "_all")
     store = request.app[MODELS]
+    aliases = await AliasStore(request.app[REDIS]).all()
+    expression = resolve_aliases(request.match_info.get("model_id", "_all"), aliases)
     allow_no_match = query_bool(request, "allow_no_match", True)
+    include = parse_include(request.query.get("include", ""))
+    if query_bool(request, "include_model_definition", False):  # the deprecated spelling of include=definition
+        include.add("definition")
     ids = await store.match(expression, allow_no_match=allow_no_match)
+    if "definition" in include and len(ids) > 1:
+        raise BadRequest("Getting model definition is not supported when getting more than one model")
+    if "definition" in include:
+        raise BadRequest(
+            "[include=definition] is not supported: inferq keeps PyTorch definitions as the raw parts they were "
+            "uploaded in"
+        )
     tags = [t for t in request.query.get("tags", "").split(",") if t]
     start, size = query_int(request, "from", 0), query_int(request, "size", 100)
     exclude_generated = query_bool(request, "exclude_generated", False)
-    include = {i.strip() for i in request.query.get("include", "").split(",") if i.strip()}
     configs: list[dict[str, Any]] = []
     for model_id in ids:
         try:
@@ -154,11 +169,30 @@ async def get_models(request: web.Request) -> web.Response:
         if "definition_status" in include:
             definition = await store.definition_status(model_id)
             status = bool(definition and definition.complete)
+        model_aliases = aliases_of(aliases, model_id)
+        if model_aliases:  # as ES: the aliases pointing at the model, in its metadata
+            stored = stored | {"metadata": dict(stored.get("metadata") or {}) | {"model_aliases": model_aliases}}
         configs.append(render_config(stored, exclude_generated=exclude_generated, definition_status=status))
     if not configs and not allow_no_match and expression not in ("_all", "*"):
         raise model_not_found(expression)
     page = configs[start : start + size]
     return json_response(request, {"count": len(configs), "trained_model_configs": page})
+
+
+def resolve_aliases(expression: str, aliases: dict[str, str]) -> str:
+    """A model id expression with every model alias replaced by its model id."""
+    return ",".join(aliases.get(t.strip(), t.strip()) for t in expression.split(",")) if aliases else expression
+
+
+def parse_include(raw: str) -> set[str]:
+    """``include``: Elasticsearch 9's values; anything else is its 400."""
+    include = {i.strip() for i in raw.split(",") if i.strip()}
+    unknown = sorted(include - set(INCLUDE_VALUES))
+    if unknown:
+        raise BadRequest(
+            f"unknown [include] parameters [{', '.join(unknown)}]. Valid options are [{', '.join(INCLUDE_VALUES)}]"
+        )
+    return include
 
 
 async def put_definition_part(request: web.Request) -> web.Response:
@@ -222,6 +256,8 @@ async def delete_model(request: web.Request) -> web.Response:
     check_params(request, ("force", "timeout"))
     model_id = request.match_info["model_id"]
     force = query_bool(request, "force", False)
+    timeout_ms = parse_time_ms(request.query["timeout"], "timeout") if "timeout" in request.query else -1.0
+    timeout_ms = timeout_ms if timeout_ms >= 0 else 30_000.0
     store = request.app[MODELS]
     if not await store.exists(model_id):
         raise model_not_found(model_id)
@@ -229,7 +265,9 @@ async def delete_model(request: web.Request) -> web.Response:
     deployments = view.by_model.get(model_id, [])
     if deployments and not force:
         raise Conflict(f"Cannot delete model [{model_id}] as it is currently deployed; use force to delete the model")
-    for deployment_id in deployments:
-        await request.app[CONTROL].stop(deployment_id, finish_pending_work=False)
+    for deployment_id in deployments:  # ``timeout``: how long each stop waits for its nodes
+        await request.app[CONTROL].stop(deployment_id, finish_pending_work=False, timeout_s=timeout_ms / 1000)
     await store.delete(model_id)
+    alias_store = AliasStore(request.app[REDIS])
+    await alias_store.delete(*aliases_of(await alias_store.all(), model_id))  # ES drops a model's aliases with it
     return json_response(request, {"acknowledged": True})

@@ -16,9 +16,9 @@ from shared.errors import BadRequest, IllegalArgument, ValidationCollector, XCon
 from shared.model_store import valid_id
 from shared.units import parse_byte_size, parse_time_ms
 
-DEFAULT_QUEUE_CAPACITY = 1024
-MAX_QUEUE_CAPACITY = 1_000_000
-DEFAULT_START_TIMEOUT_MS = 20_000.0
+DEFAULT_QUEUE_CAPACITY = 10_000  # Elasticsearch 9
+MAX_QUEUE_CAPACITY = 100_000
+DEFAULT_START_TIMEOUT_MS = 30_000.0
 WAIT_FOR_VALUES = ("starting", "started", "fully_allocated")
 PRIORITIES = ("normal", "low")
 
@@ -69,6 +69,15 @@ def merge_params(
     return merged
 
 
+def check_adaptive_exclusive(raw: Mapping[str, Any], body: Mapping[str, Any], errors: ValidationCollector) -> None:
+    """Elasticsearch 9: ``number_of_allocations`` and enabled ``adaptive_allocations`` exclude
+    each other (start and update). Only this check lives here; parsing and scaling
+    ``adaptive_allocations`` is the adaptive-allocations module's."""
+    adaptive = body.get("adaptive_allocations")
+    if "number_of_allocations" in raw and isinstance(adaptive, Mapping) and adaptive.get("enabled") is True:
+        errors.add("[number_of_allocations] cannot be set if adaptive allocations is enabled")
+
+
 def _power_of_two(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
@@ -113,12 +122,13 @@ def parse_start(model_id: str, query: Mapping[str, str], body: Mapping[str, Any]
         "underscores; must start and end with alphanumeric",
     )
     errors.check(allocations >= 1, "[number_of_allocations] must be a positive integer")
+    check_adaptive_exclusive(raw, body, errors)
     errors.check(
         _power_of_two(threads) and threads <= 32,
         "[threads_per_allocation] must be a power of 2 less than or equal to 32",
     )
     errors.check(capacity >= 1, "[queue_capacity] must be a positive integer")
-    errors.check(capacity < MAX_QUEUE_CAPACITY, f"[queue_capacity] must be less than {MAX_QUEUE_CAPACITY}")
+    errors.check(capacity <= MAX_QUEUE_CAPACITY, f"[queue_capacity] must be less than {MAX_QUEUE_CAPACITY}")
     errors.check(timeout_ms > 0, "[timeout] must be positive")
     if priority == "low":
         errors.check(allocations == 1, "[number_of_allocations] must be 1 when [priority] is low")
@@ -174,5 +184,6 @@ def parse_update(query: Mapping[str, str], body: Mapping[str, Any]) -> int | Non
     allocations = parse_int(raw["number_of_allocations"], "number_of_allocations")
     errors = ValidationCollector()
     errors.check(allocations >= 1, "[number_of_allocations] must be a positive integer")
+    check_adaptive_exclusive(raw, body, errors)
     errors.raise_if_any()
     return allocations

@@ -91,7 +91,7 @@ async def get_stats(request: web.Request) -> web.Response:
     view = await request.app[PRODUCER].watcher.refresh()
     model_ids = set(await store.ids())
     # a deployment id is also accepted where a model id is
-    tokens = [t.strip() for t in expression.split(",") if t.strip()] or ["_all"]
+    tokens = [view.model_id(t.strip()) for t in expression.split(",") if t.strip()] or ["_all"]  # aliases resolved
     extra_models = {view.deployments[t].model_id for t in tokens if t in view.deployments and t not in model_ids}
     rewritten = ",".join(
         view.deployments[t].model_id if t in view.deployments and t not in model_ids else t for t in tokens

@@ -4,7 +4,8 @@ Producers route every request from this view, so the hot path reads no cluster s
 Redis: the view reloads when ``inferq:events`` announces a change, and every
 ``refresh_s`` in case a message was missed. Each reload also reads the alive keys of the
 routed nodes: a node that is suspect (beat late, process stalled: ``node_registry.suspect``)
-gets no new requests while another node can take them, before the planner declares it dead.
+gets no new requests while another node can take them, before the planner declares it dead. The alias hash (``inferq:model_aliases``) is read
+with the documents, so aliases resolve without a round trip.
 """
 
 from __future__ import annotations
@@ -77,24 +78,36 @@ class DeploymentView:
 class ClusterView:
     deployments: dict[str, DeploymentView] = field(default_factory=dict)
     by_model: dict[str, list[str]] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # model alias -> model id
+
+    def model_id(self, model_id_or_alias: str) -> str:
+        """A model alias resolved to its model id; anything else unchanged."""
+        return self.aliases.get(model_id_or_alias, model_id_or_alias)
 
     def resolve(self, model_or_deployment_id: str) -> DeploymentView | None:
+        """A deployment id, else a model id or alias: one of the model's deployments, a started
+        one (routable now) first, as Elasticsearch picks among started deployments."""
         view = self.deployments.get(model_or_deployment_id)
         if view is not None:
             return view
-        ids = self.by_model.get(model_or_deployment_id, [])
+        ids = self.by_model.get(self.model_id(model_or_deployment_id), [])
+        if len(ids) == 1:
+            return self.deployments[ids[0]]
+        for deployment_id in ids:
+            candidate = self.deployments[deployment_id]
+            if candidate.state not in ("stopping", "failed") and candidate.routable_weights():
+                return candidate
         return self.deployments[ids[0]] if ids else None
 
 
 async def load_view(client: aioredis.Redis) -> ClusterView:
     ids = sorted(text(d) for d in await client.smembers(keys.DEPLOYMENTS))
-    if not ids:
-        return ClusterView()
     async with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.MODEL_ALIASES)
         for deployment_id in ids:
             pipe.get(keys.deployment(deployment_id))
             pipe.hgetall(keys.routes(deployment_id))
-        replies = await pipe.execute()
+        aliases, *replies = await pipe.execute()
     loaded: list[tuple[dict[str, Any], dict[str, RouteStatus]]] = []
     for i, _ in enumerate(ids):
         raw_doc, raw_routes = replies[2 * i], replies[2 * i + 1]
@@ -102,7 +115,7 @@ async def load_view(client: aioredis.Redis) -> ClusterView:
             continue
         loaded.append((json.loads(raw_doc), {text(n): RouteStatus.from_json(v) for n, v in raw_routes.items()}))
     suspects = await suspect_nodes(client, sorted({n for _, routes in loaded for n in routes}))
-    view = ClusterView()
+    view = ClusterView(aliases={text(a): text(m) for a, m in aliases.items()})
     for doc, routes in loaded:
         dv = DeploymentView(doc, routes, suspects)
         view.deployments[dv.deployment_id] = dv

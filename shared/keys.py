@@ -31,6 +31,8 @@ EVENTS = f"{PREFIX}:events"  # pub/sub channel: something in cluster state chang
 STATE_VERSION = f"{PREFIX}:state:version"  # INCR on every cluster-state change
 API_KEYS = f"{PREFIX}:api_keys"  # hash: key id -> msgpack record
 API_KEY_EVENTS = f"{PREFIX}:api_keys:events"  # pub/sub channel: ids of invalidated keys
+INFERENCE_ENDPOINTS = f"{PREFIX}:inference:endpoints"  # set of inference endpoint ids
+MODEL_ALIASES = f"{PREFIX}:model_aliases"  # hash: model alias -> model id
 
 
 def model_tag(model_id: str) -> str:
@@ -63,6 +65,11 @@ def deployment_nodes(deployment_id: str) -> str:
     """Set of node ids that hold (or held) per-node keys of the deployment: added when the
     planner targets a node and when an allocation starts; read when the deployment goes."""
     return f"{PREFIX}:deployment:{deployment_id}:nodes"
+
+
+def inference_endpoint(inference_id: str) -> str:
+    """JSON document: an ``_inference`` endpoint's task type, service and settings."""
+    return f"{PREFIX}:inference:endpoint:{inference_id}"
 
 
 def routes(deployment_id: str) -> str:

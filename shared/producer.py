@@ -271,7 +271,8 @@ class Producer:
         if view is None:
             view = (await self.watcher.refresh()).resolve(model_or_deployment_id)
         if view is None:
-            if await self.redis.exists(keys.model_config(model_or_deployment_id)):
+            model_id = self.watcher.view.model_id(model_or_deployment_id)
+            if await self.redis.exists(keys.model_config(model_id)):
                 raise Conflict(
                     f"Model [{model_or_deployment_id}] must be deployed to use. Please deploy with the "
                     "start trained model deployment API."

@@ -9,6 +9,9 @@ from typing import Any
 
 # the documents every driver infers (the tests compare them with a reference deployment)
 SAMPLE_TEXTS = ("the quick brown fox", "a queue of documents", "the quick brown fox")
+# what the inference driver reranks, and against which query
+RERANK_QUERY = "where is the fox?"
+RERANK_DOCS = ("the fox is in the wood", "nothing to see", "the quick brown fox")
 
 
 def write_model_files(traced: Any, folder: Path) -> Path:

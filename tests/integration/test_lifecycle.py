@@ -55,7 +55,7 @@ def test_start_with_each_wait_for(trio: LocalCluster, wait_for: str) -> None:
     assignment = start(trio, "tiny", f"deployment_id={deployment_id}&number_of_allocations=3&wait_for={wait_for}&cache_size=0b")
     params = assignment["task_parameters"]
     assert params["deployment_id"] == deployment_id and params["number_of_allocations"] == 3
-    assert params["cache_size"] == "0b" and params["queue_capacity"] == 1024
+    assert params["cache_size"] == "0b" and params["queue_capacity"] == 10_000
     assert sum(r["target_allocations"] for r in assignment["routing_table"].values()) == 3
     current = sum(r["current_allocations"] for r in assignment["routing_table"].values())
     if wait_for == "fully_allocated":
