@@ -42,8 +42,10 @@ async def stop_deployment(request: web.Request) -> web.Response:
 async def update_deployment(request: web.Request) -> web.Response:
     check_params(request, ("number_of_allocations", "timeout"))
     body = await read_object(request, required=False)
-    allocations = parse_update(request.query, body)
-    assignment = await request.app[CONTROL].update(request.match_info["model_id"], allocations)
+    update = parse_update(request.query, body)
+    assignment = await request.app[CONTROL].update(
+        request.match_info["model_id"], update.number_of_allocations, update.adaptive_allocations
+    )
     return json_response(request, {"assignment": assignment})
 
 

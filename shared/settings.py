@@ -41,6 +41,9 @@ class GatewaySettings:
     cache_affinity: bool = True  # route identical inputs to the same node (consistent hashing)
     auth_required: bool = False
     bootstrap_api_key: str = ""  # "id:secret" created with every privilege at start, if set
+    adaptive_idle_s: float = 900.0  # adaptive allocations: no request this long scales to the minimum
+    adaptive_cooldown_s: float = 300.0  # no scale-down this soon after a scale-up
+    adaptive_interval_s: float = 1.0  # how often the scaler reads the stats
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -57,6 +60,9 @@ class GatewaySettings:
             cache_affinity=_str(env, "INFERQ_CACHE_AFFINITY", "on").lower() not in ("0", "off", "false", "no"),
             auth_required=_str(env, "INFERQ_AUTH", "off").lower() in ("1", "on", "true", "yes"),
             bootstrap_api_key=_str(env, "INFERQ_BOOTSTRAP_API_KEY", ""),
+            adaptive_idle_s=_float(env, "INFERQ_ADAPTIVE_IDLE_S", 900.0),
+            adaptive_cooldown_s=_float(env, "INFERQ_ADAPTIVE_COOLDOWN_S", 300.0),
+            adaptive_interval_s=_float(env, "INFERQ_ADAPTIVE_INTERVAL_S", 1.0),
         )
 
 
@@ -73,6 +79,7 @@ class WorkerSettings:
     batch_wait_ms: float = 0.0
     max_take: int = 32  # documents an allocation takes off its queue at once
     max_padding: float = 0.25  # share of a forward pass's tokens that may be padding
+    bulk_take: int = 8  # bulk documents an allocation takes at once while interactive requests are about
     model_dir: str = ""  # local copies of definitions, keyed by content hash
 
     @classmethod
@@ -90,5 +97,6 @@ class WorkerSettings:
             batch_wait_ms=_float(env, "INFERQ_BATCH_WAIT_MS", 0.0),
             max_take=_int(env, "INFERQ_MAX_TAKE", 32),
             max_padding=_float(env, "INFERQ_MAX_PADDING", 0.25),
+            bulk_take=_int(env, "INFERQ_BULK_TAKE", 8),
             model_dir=_str(env, "INFERQ_MODEL_DIR", os.path.expanduser("~/.cache/inferq/models")),
         )

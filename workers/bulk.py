@@ -19,8 +19,10 @@ Fairness to interactive ``_infer`` traffic (both bounds hold per job; see ``Bulk
   ``chunk_docs``; routing spreads them over the nodes by allocations, so an interactive request
   queues behind about ``window_docs_per_allocation`` bulk documents per allocation, whatever the
   cluster's size: one small batch (the allocation batches up to ``max_batch_size``, 8 by default).
+- **bulk lane**: chunks go to the deployment's bulk lane (``lane=BULK``): allocations serve
+  interactive requests first and bulk work with a bounded share (``shared.queue.TAKE``).
 - **queue share**: a chunk is pushed with ``Producer.infer(..., queue_limit=share × capacity)``:
-  the ``DISPATCH`` script refuses a bulk document once that node's queue holds
+  the ``DISPATCH`` script refuses a bulk document once that node's bulk queue holds
   ``queue_share × queue_capacity`` items (atomically, in the same script as the push), so bulk
   never takes the last ``(1 - share)`` of a queue from interactive requests (nor makes them
   429). A refused chunk (``QueueFull``) waits and is retried with exponential back-off
@@ -85,6 +87,7 @@ from rq.worker import WorkerStatus
 from shared import task_config
 from shared.errors import Conflict, InferqError, NotFound, QueueFull, RequestTimeout, Unavailable
 from shared.producer import InferResult, Producer
+from shared.queue import BULK
 
 log = logging.getLogger(__name__)
 
@@ -420,6 +423,7 @@ class BulkRun:
                     inference_config=self.inference_config,
                     timeout_ms=options.timeout_ms,
                     queue_limit=self.queue_limit,
+                    lane=BULK,
                 )
                 return [_entry(i, r) for i, r in enumerate(results)]
             except QueueFull:
