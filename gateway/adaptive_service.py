@@ -32,6 +32,7 @@ from gateway.adaptive import AdaptiveScaler, NodeSample, ScalerConfig, window_of
 from gateway.adaptive_settings import AdaptiveAllocations
 from gateway.control import ControlPlane
 from shared import keys, node_registry
+from shared.assignment import routable_allocations
 from shared.redis_conn import text
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,10 @@ class AdaptiveService:
             if d["deployment_id"] != deployment_id and d.get("task_parameters", {}).get("priority", "normal") != "low"
         )
         capacity = max(0, processors - used_by_others) // max(1, threads)
+        if routable_allocations(routes) < count:
+            # allocations still loading: neither idle time nor a verdict on the load yet
+            scaler.last_request_s = now
+            return
         wanted = scaler.decide(settings.min_allocations, settings.max_allocations, capacity, now)
         if count == 0 and wanted is None and standby not in live:
             await self._scale(doc, 0, live)  # the standby node died: pick a live one
