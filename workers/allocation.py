@@ -142,6 +142,11 @@ class Allocation(threading.Thread):
         take = client.register_script(TAKE)
         complete = client.register_script(COMPLETE)
         requeue = client.register_script(REQUEUE)
+        for script in (take, complete):  # loaded now, so the first batch needs no NOSCRIPT retry
+            try:
+                client.script_load(script.script)
+            except redis.RedisError as exc:
+                log.warning("allocation %s: could not load a script: %s", self.name, exc)
         lanes = _LaneState()
         recovering = True  # first pass: put back whatever a previous failure left in our list
         try:
