@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import LocalCluster, infer, local_cluster, start, upload
+from tests.cluster import LocalCluster, infer, local_cluster, upload
 
 pytestmark = pytest.mark.slow
 

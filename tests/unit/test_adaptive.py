@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from gateway.adaptive import AdaptiveScaler, KalmanFilter1d, NodeSample, ScalerConfig, Window, window_of
-from gateway.adaptive_settings import RESET, AdaptiveAllocations, merged_for_update, parse_adaptive_allocations
+from gateway.adaptive_settings import (
+    RESET,
+    AdaptiveAllocations,
+    merged_for_update,
+    parse_adaptive_allocations,
+)
 from gateway.start_params import parse_start, parse_update
 from shared.errors import ActionRequestValidation, ValidationError, XContentParseError
 from shared.queue import BULK, INTERACTIVE, lane_for_input_type
