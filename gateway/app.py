@@ -12,6 +12,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway import aliases_api, auth, deployments_api, infer_api, inference_api, models_api, stats_api
+from gateway.adaptive import ScalerConfig
+from gateway.adaptive_service import AdaptiveService
 from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
 from gateway.control import ControlPlane, planner_loop
 from gateway.http import BODY_LIMITS, BodyLimits, check_params, error_middleware, json_response
@@ -110,10 +112,18 @@ def create_app(settings: GatewaySettings, *, redis: aioredis.Redis | None = None
             cache_timeout_s=settings.cache_timeout_s,
             cache_affinity=settings.cache_affinity,
         )
+        adaptive = AdaptiveService(
+            app[CONTROL],
+            ScalerConfig(idle_s=settings.adaptive_idle_s, cooldown_s=settings.adaptive_cooldown_s),
+            settings.adaptive_interval_s,
+        )
+        producer.on_cold_dispatch = lambda _deployment_id: adaptive.wake.set()
         await producer.start()
         app[PRODUCER] = producer
         stop = asyncio.Event()
-        planner = asyncio.create_task(planner_loop(app[CONTROL], settings.planner_interval_s, stop, producer.watcher.node_events))
+        planner = asyncio.create_task(
+            planner_loop(app[CONTROL], settings.planner_interval_s, stop, producer.watcher.node_events, adaptive)
+        )
         yield
         stop.set()
         planner.cancel()

@@ -20,10 +20,11 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
+from gateway.adaptive_settings import AdaptiveAllocations, merged_for_update
 from gateway.redis_memory import RedisMemorySettings, read_capacity
 from gateway.start_params import StartParams
 from shared import keys, node_registry, task_config
@@ -71,7 +72,7 @@ def demand_of(doc: Mapping[str, Any], live: set[str]) -> DeploymentDemand:
         threads_per_allocation=int(params["threads_per_allocation"]),
         memory_bytes=int(doc["memory_bytes"]),
         priority=str(params.get("priority", "normal")),
-        current={n: int(a) for n, a in doc.get("targets", {}).items() if n in live and int(a) > 0},
+        current=_current_allocations(doc, live),
         max_assigned_allocations=int(doc.get("max_assigned_allocations", 0)),
     )
 
@@ -91,6 +92,16 @@ def _close(new_bytes: int, old_bytes: Any) -> bool:
     if not isinstance(old_bytes, int) or old_bytes <= 0 or new_bytes <= 0:
         return False
     return abs(new_bytes - old_bytes) <= old_bytes // 16
+
+
+def _current_allocations(doc: Mapping[str, Any], live: set[str]) -> dict[str, int]:
+    """Where the deployment runs now; a deployment adaptive allocations scaled to zero counts
+    its standby node (``gateway.adaptive_service``), so scaling up lands where requests wait."""
+    current = {n: int(a) for n, a in doc.get("targets", {}).items() if n in live and int(a) > 0}
+    standby = doc.get("standby_node")
+    if not current and isinstance(standby, str) and standby in live:
+        current = {standby: 1}
+    return current
 
 
 class ControlPlane:
@@ -162,6 +173,8 @@ class ControlPlane:
             "start_time_ms": now_ms(),
             "max_assigned_allocations": 0,
         }
+        if params.adaptive_allocations is not None:
+            doc["adaptive_allocations"] = params.adaptive_allocations.to_json()
         async with cluster_lease(self.redis):
             if await self.deployments.get(params.deployment_id) is not None:
                 raise BadRequest(
@@ -240,20 +253,39 @@ class ControlPlane:
 
     # ---- update ------------------------------------------------------------------------------
 
-    async def update(self, deployment_id: str, number_of_allocations: int | None) -> dict[str, Any]:
+    async def update(
+        self,
+        deployment_id: str,
+        number_of_allocations: int | None,
+        adaptive_allocations: AdaptiveAllocations | None = None,
+    ) -> dict[str, Any]:
+        """``adaptive_allocations``: the request's settings (merged into the stored ones;
+        ``adaptive_settings.RESET`` removes them), None when the request has none."""
         async with cluster_lease(self.redis):
             doc = await self.deployments.get(deployment_id)
             if doc is None:
                 raise deployment_not_found(deployment_id)
+            stored = AdaptiveAllocations.from_json(doc.get("adaptive_allocations"))
+            adaptive = merged_for_update(stored, adaptive_allocations, number_of_allocations)
             routes = await self.deployments.routes(deployment_id)
+            params = doc["task_parameters"]
+            count_changes = number_of_allocations is not None and number_of_allocations != params["number_of_allocations"]
+            if not count_changes and adaptive == stored:
+                return render_assignment(doc, routes)
             if assignment_state(doc, routes) != "started":
                 raise Conflict("cannot update deployment that is not in [started] state")
-            params = doc["task_parameters"]
-            if number_of_allocations is None or number_of_allocations == params["number_of_allocations"]:
-                return render_assignment(doc, routes)
-            if params.get("priority") == "low" and number_of_allocations > 1:
+            if params.get("priority") == "low" and number_of_allocations is not None and number_of_allocations > 1:
                 raise BadRequest("[number_of_allocations] must be 1 when [priority] is low", error_type="validation_exception")
             updated = json.loads(json.dumps(doc))
+            if adaptive is None:
+                updated.pop("adaptive_allocations", None)
+            else:
+                updated["adaptive_allocations"] = adaptive.to_json()
+            if not count_changes:
+                await self.deployments.put(updated)
+                await self.deployments.bump()
+                return render_assignment(updated, routes)
+            assert number_of_allocations is not None
             updated["task_parameters"]["number_of_allocations"] = number_of_allocations
             others = [d for d in await self.deployments.all() if d["deployment_id"] != deployment_id]
             result = await self._plan_with(others + [updated])
@@ -476,13 +508,15 @@ class ControlPlane:
                 for allocation in sorted(await self.redis.smembers(keys.dn_allocations(deployment_id, node_id))):
                     processing = keys.processing(deployment_id, node_id, text(allocation))
                     await self._requeue_counted(keys=[processing, dead_queue])
-                if not await self.redis.exists(dead_queue):
-                    continue
-                if not heirs:
-                    leftovers = True
-                    continue
-                # different hash tags: move item by item through this process (rare path)
-                await self._move_list(dead_queue, keys.queue(deployment_id, heirs[0]))
+                for lane in (keys.queue, keys.bulk_queue):
+                    source = lane(deployment_id, node_id)
+                    if not await self.redis.exists(source):
+                        continue
+                    if not heirs:
+                        leftovers = True
+                        continue
+                    # different hash tags: move item by item through this process (rare path)
+                    await self._move_list(source, lane(deployment_id, heirs[0]))
             if not leftovers and await node_registry.dead_for_ms(self.redis, node_id) >= node_registry.REAP_GRACE_MS:
                 await node_registry.forget(self.redis, node_id)
 
@@ -493,11 +527,27 @@ class ControlPlane:
                 return
 
 
+class PeriodicTask(Protocol):
+    """Work the lease holder does after each planner pass (``gateway.adaptive_service``)."""
+
+    wake: asyncio.Event
+
+    def due(self) -> bool: ...
+
+    async def tick(self) -> None: ...
+
+
 async def planner_loop(
-    control: ControlPlane, interval_s: float, stop: asyncio.Event, wake: asyncio.Event | None = None
+    control: ControlPlane,
+    interval_s: float,
+    stop: asyncio.Event,
+    wake: asyncio.Event | None = None,
+    adaptive: PeriodicTask | None = None,
 ) -> None:
     """Re-plan every ``interval_s`` (node joins, deaths, freed capacity), one gateway at a time,
-    and at once when ``wake`` is set (a node came or went)."""
+    at once when ``wake`` is set (a node came or went);
+    then, under the same lease, run the adaptive allocations scaler when it is due (at once
+    when ``adaptive.wake`` is set)."""
     from shared.lease import release, try_lease
 
     wake = wake or asyncio.Event()
@@ -508,13 +558,19 @@ async def planner_loop(
             if token is not None:
                 try:
                     await control.replan()
+                    if adaptive is not None and adaptive.due():
+                        await adaptive.tick()
                 finally:
                     await release(control.redis, token)
+            elif adaptive is not None:
+                adaptive.wake.clear()  # another gateway holds the lease: its scaler runs
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("planner pass failed: %s", exc)
-        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+        waits: list[asyncio.Task[Any]] = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+        if adaptive is not None:
+            waits.append(asyncio.ensure_future(adaptive.wake.wait()))
         await asyncio.wait(waits, timeout=interval_s, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waits:
             waiter.cancel()

@@ -45,9 +45,11 @@ async def stop_deployment(request: web.Request) -> web.Response:
 async def update_deployment(request: web.Request) -> web.Response:
     check_params(request, ("number_of_allocations", "timeout"))
     body = await read_object(request, required=False)
-    allocations = parse_update(request.query, body)
+    update = parse_update(request.query, body)
     await check_deployment_change(request, request.match_info["model_id"], action="update", force=False)
-    assignment = await request.app[CONTROL].update(request.match_info["model_id"], allocations)
+    assignment = await request.app[CONTROL].update(
+        request.match_info["model_id"], update.number_of_allocations, update.adaptive_allocations
+    )
     return json_response(request, {"assignment": assignment})
 
 

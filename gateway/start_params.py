@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.adaptive_settings import AdaptiveAllocations, check_exclusive, parse_adaptive_allocations
 from gateway.http import parse_bool, parse_int
 from shared.errors import BadRequest, IllegalArgument, ValidationCollector, XContentParseError
 from shared.model_store import valid_id
@@ -49,6 +50,7 @@ class StartParams:
     timeout_ms: float
     wait_for: str
     priority: str
+    adaptive_allocations: AdaptiveAllocations | None = None
 
 
 def merge_params(
@@ -67,15 +69,6 @@ def merge_params(
         elif in_query:
             merged[name] = query[name]
     return merged
-
-
-def check_adaptive_exclusive(raw: Mapping[str, Any], body: Mapping[str, Any], errors: ValidationCollector) -> None:
-    """Elasticsearch 9: ``number_of_allocations`` and enabled ``adaptive_allocations`` exclude
-    each other (start and update). Only this check lives here; parsing and scaling
-    ``adaptive_allocations`` is the adaptive-allocations module's."""
-    adaptive = body.get("adaptive_allocations")
-    if "number_of_allocations" in raw and isinstance(adaptive, Mapping) and adaptive.get("enabled") is True:
-        errors.add("[number_of_allocations] cannot be set if adaptive allocations is enabled")
 
 
 def _power_of_two(value: int) -> bool:
@@ -110,7 +103,14 @@ def parse_start(model_id: str, query: Mapping[str, str], body: Mapping[str, Any]
         cache_size_bytes = parse_byte_size(raw["cache_size"], "cache_size")
         cache_text = f"{cache_size_bytes}b"
 
-    allocations = parse_int(raw.get("number_of_allocations", 1), "number_of_allocations")
+    adaptive = (
+        parse_adaptive_allocations(body["adaptive_allocations"]).without_unset()
+        if body.get("adaptive_allocations") is not None
+        else None
+    )
+    count_given = "number_of_allocations" in raw
+    default_count = adaptive.initial_allocations if adaptive is not None and adaptive.is_enabled else 1
+    allocations = parse_int(raw.get("number_of_allocations", default_count), "number_of_allocations")
     threads = parse_int(raw.get("threads_per_allocation", 1), "threads_per_allocation")
     capacity = parse_int(raw.get("queue_capacity", DEFAULT_QUEUE_CAPACITY), "queue_capacity")
 
@@ -122,7 +122,9 @@ def parse_start(model_id: str, query: Mapping[str, str], body: Mapping[str, Any]
         "underscores; must start and end with alphanumeric",
     )
     errors.check(allocations >= 1, "[number_of_allocations] must be a positive integer")
-    check_adaptive_exclusive(raw, body, errors)
+    check_exclusive(adaptive, count_given, errors)
+    if adaptive is not None:
+        adaptive.validate(errors)
     errors.check(
         _power_of_two(threads) and threads <= 32,
         "[threads_per_allocation] must be a power of 2 less than or equal to 32",
@@ -146,6 +148,7 @@ def parse_start(model_id: str, query: Mapping[str, str], body: Mapping[str, Any]
         timeout_ms=timeout_ms,
         wait_for=wait_for,
         priority=priority,
+        adaptive_allocations=adaptive,
     )
 
 
@@ -174,16 +177,24 @@ def parse_stop(deployment_id: str, query: Mapping[str, str], body: Mapping[str, 
     )
 
 
-def parse_update(query: Mapping[str, str], body: Mapping[str, Any]) -> int | None:
+@dataclass(frozen=True)
+class UpdateParams:
+    number_of_allocations: int | None
+    # None: not in the request; ``adaptive_settings.RESET``: an explicit null (remove them)
+    adaptive_allocations: AdaptiveAllocations | None
+
+
+def parse_update(query: Mapping[str, str], body: Mapping[str, Any]) -> UpdateParams:
     for name in body:
         if name not in ("number_of_allocations", "adaptive_allocations", "timeout"):
             raise XContentParseError(f"[1:2] [update_trained_model_deployment] unknown field [{name}]")
     raw = merge_params(query, body, ("number_of_allocations",))
+    adaptive = parse_adaptive_allocations(body["adaptive_allocations"]) if "adaptive_allocations" in body else None
     if "number_of_allocations" not in raw:
-        return None
+        return UpdateParams(None, adaptive)
     allocations = parse_int(raw["number_of_allocations"], "number_of_allocations")
     errors = ValidationCollector()
     errors.check(allocations >= 1, "[number_of_allocations] must be a positive integer")
-    check_adaptive_exclusive(raw, body, errors)
+    check_exclusive(adaptive, True, errors)
     errors.raise_if_any()
-    return allocations
+    return UpdateParams(allocations, adaptive)

@@ -50,13 +50,14 @@ async def _deployment_stats(client: aioredis.Redis, view: DeploymentView, now: i
             pipe.hgetall(keys.stats(deployment_id, node))
             pipe.hmget(meta_key(keys.cache_prefix(deployment_id, node)), *_CACHE_FIELDS)
             pipe.llen(keys.queue(deployment_id, node))
+            pipe.llen(keys.bulk_queue(deployment_id, node))
             for key in processing[node]:
                 pipe.llen(key)
         replies = iter(await pipe.execute())
     rendered: list[dict[str, Any]] = []
     params = view.doc["task_parameters"]
     for node in nodes:
-        raw, cache_meta, queued = next(replies), next(replies), int(next(replies))
+        raw, cache_meta, queued = next(replies), next(replies), int(next(replies)) + int(next(replies))
         in_flight = sum(int(next(replies)) for _ in processing[node])
         route = view.routes.get(node)
         info = infos.get(node)

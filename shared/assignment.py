@@ -2,7 +2,9 @@
 
 Spec §1.2–1.3: ``allocation_status.state`` is ``starting`` with no allocations on started
 routes, ``started`` below the requested count, else ``fully_allocated``;
-``assignment_state`` is ``started`` once any route has started (``stopping`` is sticky).
+``assignment_state`` is ``started`` once any route has started (``stopping`` is sticky). A
+deployment adaptive allocations scaled to zero (``number_of_allocations`` 0) is ``started`` and
+``fully_allocated``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def routable_allocations(routes: Mapping[str, RouteStatus]) -> int:
 
 def allocation_state(doc: Mapping[str, Any], routes: Mapping[str, RouteStatus]) -> str:
     current = routable_allocations(routes)
+    if int(doc["task_parameters"]["number_of_allocations"]) == 0:
+        return "fully_allocated"  # adaptive allocations scaled to zero: nothing is missing
     if current == 0:
         return "starting"
     if current < int(doc["task_parameters"]["number_of_allocations"]):
@@ -32,6 +36,8 @@ def allocation_state(doc: Mapping[str, Any], routes: Mapping[str, RouteStatus]) 
 def assignment_state(doc: Mapping[str, Any], routes: Mapping[str, RouteStatus]) -> str:
     if doc.get("assignment_state") in ("stopping", "failed"):
         return str(doc["assignment_state"])
+    if int(doc["task_parameters"]["number_of_allocations"]) == 0:
+        return "started"  # scaled to zero by adaptive allocations; the next request scales it up
     return "started" if any(r.routing_state == "started" for r in routes.values()) else "starting"
 
 

@@ -69,6 +69,16 @@ class DeploymentView:
         healthy = {node: w for node, w in weights.items() if node not in self.suspect}
         return healthy or weights
 
+    def cold_weights(self) -> dict[str, int]:
+        """Where a request waits when no node is routable: the standby node of a deployment
+        with adaptive allocations (scaled to zero, or scaling up from it). Its queue is bounded
+        as any other; the scaler sees the waiting request and starts an allocation there."""
+        adaptive = self.doc.get("adaptive_allocations") or {}
+        standby = self.doc.get("standby_node")
+        if adaptive.get("enabled") is True and isinstance(standby, str) and standby:
+            return {standby: 1}
+        return {}
+
     def start_ms(self, node_id: str) -> int:
         route = self.routes.get(node_id)
         return route.started_ms if route and route.started_ms else int(self.doc.get("start_time_ms", 0))

@@ -3,7 +3,8 @@
 Keys that one Lua script or transaction touches together share a hash tag, so the same
 scripts run on a sharded Redis Cluster:
 
-- ``{dep|node}`` — everything of one deployment on one node: its bounded request queue,
+- ``{dep|node}`` — everything of one deployment on one node: its bounded request queues
+  (the interactive ``queue`` and the ``bulk`` lane),
   the allocations' processing lists, the result cache and the node's stats counters.
 - ``{model:<id>}`` — one model's config, definition parts and vocabulary.
 
@@ -111,6 +112,13 @@ def dn_prefix(deployment_id: str, node_id: str) -> str:
 def queue(deployment_id: str, node_id: str) -> str:
     """Bounded request list: producers LPUSH, allocations take from the right (FIFO)."""
     return f"{dn_prefix(deployment_id, node_id)}:queue"
+
+
+def bulk_queue(deployment_id: str, node_id: str) -> str:
+    """The bulk lane: bounded like ``queue``; allocations take from it after the interactive
+    ``queue`` (with a bounded share, so it is never starved). Ends in ``:queue`` so everything
+    that finds a deployment's queues by pattern finds both lanes."""
+    return f"{dn_prefix(deployment_id, node_id)}:bulk:queue"
 
 
 def processing(deployment_id: str, node_id: str, allocation: str) -> str:

@@ -28,7 +28,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ from shared import keys, task_config
 from shared.cache import DigestPrefix
 from shared.cluster_view import DeploymentView, ViewWatcher
 from shared.errors import Conflict, InferqError, NotFound, QueueFull, RequestTimeout
-from shared.queue import DISPATCH, DISPATCH_FULL, DISPATCH_HIT
+from shared.queue import BULK, DISPATCH, DISPATCH_FULL, DISPATCH_HIT, INTERACTIVE, LANES
 from shared.redis_conn import as_bytes, async_client, exchange, exchange_connection, pack_args
 from shared.routing import rank_nodes
 from shared.units import format_time_ms
@@ -225,11 +225,14 @@ class Producer:
         self._dispatch = ScriptPipeline(client, DISPATCH)
         self._request_ids = request_ids()
         self._default_plans: dict[tuple[str, str, str], _Plan] = {}
-        self._heads: dict[tuple[str, str], bytes] = {}
+        self._heads: dict[tuple[str, str, str], bytes] = {}
         self._waiting: dict[str, asyncio.Future[InferReply]] = {}
         self._reply_task: asyncio.Task[None] | None = None
         self._owned: list[aioredis.Redis] = []
         self._stopping = False
+        # called with the deployment id when a request goes to a standby node (no allocation
+        # yet): the gateway wakes its adaptive allocations scaler
+        self.on_cold_dispatch: Callable[[str], None] | None = None
 
     @classmethod
     def connect(cls, redis_url: str, **kwargs: Any) -> Producer:
@@ -288,8 +291,13 @@ class Producer:
         inference_config: Mapping[str, Any] | None = None,
         timeout_ms: float = DEFAULT_TIMEOUT_MS,
         queue_limit: int | None = None,
+        lane: str = INTERACTIVE,
     ) -> list[InferResult]:
         """Results in document order. Raises InferqError (QueueFull, RequestTimeout, 4xx, 500).
+
+        ``lane``: ``interactive`` (default: ``_infer``, search-time calls) or ``bulk`` (ingest,
+        bulk jobs): allocations take interactive work first and give bulk a bounded share
+        (``shared.queue.TAKE``); each lane is bounded by ``queue_capacity`` on its own.
 
         ``queue_limit`` (bulk producers): push only while a node's queue holds fewer items than
         this (never more than the deployment's ``queue_capacity``), so interactive requests keep
@@ -304,6 +312,10 @@ class Producer:
             view = (await self.watcher.refresh()).resolve(model_or_deployment_id) or view
             weights = view.routable_weights()
         if not weights:
+            weights = view.cold_weights()
+            if weights and self.on_cold_dispatch is not None:
+                self.on_cold_dispatch(view.deployment_id)
+        if not weights:
             raise Conflict(f"Trained model deployment [{view.deployment_id}] is not allocated to any nodes")
         field_names = view.doc.get("field_names") or ["text_field"]
         config = (
@@ -313,7 +325,7 @@ class Producer:
         )
         texts = [task_config.read_input_text(doc, field_names) for doc in docs]
         plan = self._default_plan(view) if config is None else self._plan(view, config, canonical_json(config))
-        return await self._infer_texts(view, texts, plan, timeout_ms, weights, queue_limit)
+        return await self._infer_texts(view, texts, plan, timeout_ms, weights, queue_limit, lane)
 
     def _default_plan(self, view: DeploymentView) -> _Plan:
         """The plan of requests without overrides (the deployment's effective config), made once."""
@@ -343,10 +355,11 @@ class Producer:
         weights: Mapping[str, int],
         queue_limit: int | None = None,
         config_json: str | None = None,
+        lane: str = INTERACTIVE,
     ) -> list[InferResult]:
         """``config_json``: ``config`` as canonical JSON, when the caller has it already."""
         plan = self._plan(view, config, canonical_json(config) if config_json is None else config_json)
-        return await self._infer_texts(view, texts, plan, timeout_ms, weights, queue_limit)
+        return await self._infer_texts(view, texts, plan, timeout_ms, weights, queue_limit, lane)
 
     async def _infer_texts(
         self,
@@ -356,7 +369,10 @@ class Producer:
         timeout_ms: float,
         weights: Mapping[str, int],
         queue_limit: int | None,
+        lane: str = INTERACTIVE,
     ) -> list[InferResult]:
+        if lane not in LANES:
+            raise ValueError(f"unknown lane [{lane}]")
         enqueued_ms = now_ms()
         deadline_ms = enqueued_ms + int(timeout_ms)
         prefix = plan.digest_prefix
@@ -388,7 +404,7 @@ class Producer:
             attempt = 0
             while pending:
                 nodes, calls = self._submit_round(
-                    view, payloads, digests, rankings, pending, attempt, enqueued_ms, queue_limit
+                    view, payloads, digests, rankings, pending, attempt, enqueued_ms, queue_limit, lane
                 )
                 outcomes = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)
                 still_full: list[int] = []
@@ -424,6 +440,7 @@ class Producer:
         attempt: int,
         now: int,
         queue_limit: int | None,
+        lane: str = INTERACTIVE,
     ) -> tuple[list[str], list[asyncio.Future[Any]]]:
         """``DISPATCH`` each pending document on its ``attempt``-th ranked node: (nodes, futures)."""
         nodes = [rankings[i][attempt] for i in pending]
@@ -433,21 +450,23 @@ class Producer:
         futures = []
         for i, node in zip(pending, nodes, strict=True):
             last = attempt == len(rankings[i]) - 1
-            command = self._head(view.deployment_id, node) + pack_dispatch_args(
+            command = self._head(view.deployment_id, node, lane) + pack_dispatch_args(
                 digests[i], policy, now, view.start_ms(node), capacity, payloads[i], last and count_rejection
             )
             futures.append(self._dispatch.submit_packed(command))
         return nodes, futures
 
-    def _head(self, deployment_id: str, node: str) -> bytes:
-        """The packed start of ``DISPATCH`` on one (deployment, node): its keys and cache prefix."""
-        key = (deployment_id, node)
+    def _head(self, deployment_id: str, node: str, lane: str = INTERACTIVE) -> bytes:
+        """The packed start of ``DISPATCH`` on one (deployment, node, lane): its keys and cache
+        prefix. The lane is the queue ``DISPATCH`` pushes onto."""
+        key = (deployment_id, node, lane)
         head = self._heads.get(key)
         if head is None:
             if len(self._heads) >= 4096:
                 self._heads.clear()
+            queue_key = keys.bulk_queue(deployment_id, node) if lane == BULK else keys.queue(deployment_id, node)
             head = self._heads[key] = self._dispatch.head(
-                (keys.queue(deployment_id, node), keys.stats(deployment_id, node)), DISPATCH_ARG_COUNT
+                (queue_key, keys.stats(deployment_id, node)), DISPATCH_ARG_COUNT
             ) + pack_args((keys.cache_prefix(deployment_id, node),))
         return head
 

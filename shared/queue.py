@@ -1,13 +1,14 @@
 """Lua scripts of the request path, and the reliable-pop operations around them.
 
-Keys (all of one ``{dep|node}`` hash tag): ``queue``, ``processing:<allocation>``, ``stats``
+Keys (all of one ``{dep|node}`` hash tag): ``queue``, ``bulk:queue``, ``processing:<allocation>``, ``stats``
 and the result cache under ``cache``. Each script touches one tag only, so it runs
 unchanged on Redis Cluster.
 
 - ``DISPATCH``: cache lookup (a hit is touched, counted and returned: no worker needed),
   else the bounded LPUSH; a full queue counts a rejection. One round trip.
-- ``TAKE``: move up to N more items into an allocation's processing list (batching), at
-  most its share of the queue.
+- ``TAKE``: move up to N items into an allocation's processing list (batching), at most its
+  share of the queue; the interactive lane first, the bulk lane when it is empty or when the
+  allocation's bounded bulk share is due (the search lane).
 - ``COMPLETE``: drop the processing list, cache the new results (while Redis has headroom),
   record stats.
 - ``REQUEUE``: move a list's items back to a queue (an allocation's own work after a Redis error).
@@ -47,16 +48,31 @@ return {2}
 """,
 )
 
-# KEYS: queue, processing.  ARGV: n, peers (allocations serving the queue).  Moves up to n
-# items, but no more than a 1/peers share of what is queued; returns the items moved.
+# KEYS: queue (interactive), processing, bulk queue.  ARGV: n, peers (allocations serving the
+# queues), bulk_n, bulk_first (1/0).  The search lane: up to n interactive items, but no more
+# than a 1/peers share of what is queued; only when there are none (or ``bulk_first``, the
+# allocation's bounded bulk share) up to bulk_n bulk items, at most a 1/peers share of the bulk
+# lane. A take never mixes the lanes. Returns {interactive items, bulk items, interactive left,
+# bulk left}; the items are in the processing list.
 TAKE = compose(
     "queue",
     body="""
 local n, peers = tonumber(ARGV[1]), tonumber(ARGV[2] or '1')
-if peers > 1 then
-  n = math.min(n, math.ceil(redis.call('LLEN', KEYS[1]) / peers))
+local bulk_n, bulk_first = tonumber(ARGV[3] or '0'), ARGV[4] == '1'
+local function share(key, most)
+  local queued = redis.call('LLEN', key)
+  if peers > 1 then most = math.min(most, math.ceil(queued / peers)) end
+  return math.min(most, queued), queued
 end
-return queue_take(KEYS[1], KEYS[2], n)
+local interactive, bulk = {}, {}
+local ni, li = share(KEYS[1], n)
+local nb, lb = share(KEYS[3], bulk_n)
+if nb > 0 and (ni == 0 or bulk_first) then
+  bulk = queue_take(KEYS[3], KEYS[2], nb)
+else
+  interactive = queue_take(KEYS[1], KEYS[2], ni)
+end
+return {interactive, bulk, li - #interactive, lb - #bulk}
 """,
 )
 
@@ -96,3 +112,13 @@ REQUEUE = compose("queue", body="return queue_requeue(KEYS[1], KEYS[2])")
 REQUEUE_COUNTED = compose("queue", body="return queue_requeue_counted(KEYS[1], KEYS[2])")
 
 DISPATCH_QUEUED, DISPATCH_HIT, DISPATCH_FULL = 0, 1, 2
+
+# Lanes: the queue a request waits in (``keys.queue`` / ``keys.bulk_queue``).
+INTERACTIVE, BULK = "interactive", "bulk"
+LANES = (INTERACTIVE, BULK)
+
+
+def lane_for_input_type(input_type: str | None) -> str:
+    """The lane of an inference-endpoint call: ``ingest`` is bulk; ``search``, unset and the
+    rest are interactive."""
+    return BULK if input_type is not None and input_type.lower() == "ingest" else INTERACTIVE

@@ -55,6 +55,9 @@ class GatewaySettings:
     max_text_bytes: int = 1024 * 1024  # UTF-8 bytes of one document's text
     redis_memory_bytes: int = 0  # Redis's memory where it has no maxmemory (docs/operations-redis-memory.md)
     redis_reserve_bytes: int = 0  # Redis memory kept for queues and state; 0: max(16 MiB, 10%)
+    adaptive_idle_s: float = 900.0  # adaptive allocations: no request this long scales to the minimum
+    adaptive_cooldown_s: float = 300.0  # no scale-down this soon after a scale-up
+    adaptive_interval_s: float = 1.0  # how often the scaler reads the stats
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -77,6 +80,9 @@ class GatewaySettings:
             max_text_bytes=_int(env, "INFERQ_MAX_TEXT_BYTES", 1024 * 1024),
             redis_memory_bytes=_bytes(env, "INFERQ_REDIS_MEMORY"),
             redis_reserve_bytes=_bytes(env, "INFERQ_REDIS_RESERVE"),
+            adaptive_idle_s=_float(env, "INFERQ_ADAPTIVE_IDLE_S", 900.0),
+            adaptive_cooldown_s=_float(env, "INFERQ_ADAPTIVE_COOLDOWN_S", 300.0),
+            adaptive_interval_s=_float(env, "INFERQ_ADAPTIVE_INTERVAL_S", 1.0),
         )
 
 
@@ -95,6 +101,7 @@ class WorkerSettings:
     batch_wait_ms: float = 0.0
     max_take: int = 32  # documents an allocation takes off its queue at once
     max_padding: float = 0.25  # share of a forward pass's tokens that may be padding
+    bulk_take: int = 8  # bulk documents an allocation takes at once while interactive requests are about
     model_dir: str = ""  # local copies of definitions, keyed by content hash
     confine: bool = True  # Landlock: the process writes only under model_dir and /dev (workers.confinement)
 
@@ -115,6 +122,7 @@ class WorkerSettings:
             batch_wait_ms=_float(env, "INFERQ_BATCH_WAIT_MS", 0.0),
             max_take=_int(env, "INFERQ_MAX_TAKE", 32),
             max_padding=_float(env, "INFERQ_MAX_PADDING", 0.25),
+            bulk_take=_int(env, "INFERQ_BULK_TAKE", 8),
             model_dir=_str(env, "INFERQ_MODEL_DIR", os.path.expanduser("~/.cache/inferq/models")),
             confine=_str(env, "INFERQ_WORKER_CONFINE", "on").lower() not in ("0", "off", "false", "no"),
         )

@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 REPLY_TTL_S = 120
 POP_TIMEOUT_S = 0.5  # how long a pop blocks before the loop looks at stop/drain again (redis-py types it int)
+BULK_POLL_S = 0.01  # the wait while the bulk lane had work lately (its pushes wake no one)
+BULK_RECENT_S = 2.0  # how long after a bulk item the short wait lasts
+INTERACTIVE_RECENT_S = 1.0  # how long after an interactive item bulk takes stay small
+BULK_EVERY = 4  # bulk's bounded share: a bulk take after this many interactive ones that left bulk waiting
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,12 @@ class BatchLimits:
     batch_wait_ms: float = 0.0
     max_take: int = 32
     max_padding: float = 0.25
+    bulk_take: int = 8  # bulk documents per take while interactive requests are about
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> BatchLimits:
         return cls(settings.max_batch_size, settings.max_batch_tokens, settings.batch_wait_ms,
-                   settings.max_take, settings.max_padding)  # fmt: skip
+                   settings.max_take, settings.max_padding, settings.bulk_take)  # fmt: skip
 
     @property
     def take(self) -> int:
@@ -91,6 +96,27 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass
+class _LaneState:
+    """What an allocation remembers between takes for the search lane."""
+
+    more: bool = False  # the last take left work queued: take again without waiting
+    streak: int = 0  # interactive takes in a row that left bulk work waiting
+    interactive_until: float = 0.0  # monotonic: interactive requests were about until then
+    bulk_until: float = 0.0  # monotonic: the bulk lane had work until then
+
+    def observe(self, interactive: int, bulk: int, interactive_left: int, bulk_left: int, now: float) -> None:
+        self.more = interactive_left > 0 or bulk_left > 0
+        if interactive or interactive_left:
+            self.interactive_until = now + INTERACTIVE_RECENT_S
+        if bulk or bulk_left:
+            self.bulk_until = now + BULK_RECENT_S
+        if bulk:
+            self.streak = 0
+        elif interactive and bulk_left > 0:
+            self.streak += 1
+
+
 class Allocation(threading.Thread):
     def __init__(
         self,
@@ -110,6 +136,7 @@ class Allocation(threading.Thread):
         self.busy_since_s: float | None = None  # time.monotonic() when the batch being served was taken
         self.drain_requested = threading.Event()  # exit once the queue is empty
         self.queue_key = keys.queue(context.deployment_id, context.node_id)
+        self.bulk_queue_key = keys.bulk_queue(context.deployment_id, context.node_id)
         self.processing_key = keys.processing(context.deployment_id, context.node_id, f"a{index}")
         self.stats_key = keys.stats(context.deployment_id, context.node_id)
         self.cache_prefix = keys.cache_prefix(context.deployment_id, context.node_id)
@@ -129,11 +156,12 @@ class Allocation(threading.Thread):
         take = client.register_script(TAKE)
         complete = client.register_script(COMPLETE)
         requeue = client.register_script(REQUEUE)
-        limits = self.context.limits
-        # Without a batch wait, the pop and the TAKE of the rest of the batch go in one round
-        # trip: Redis runs the pipelined TAKE as soon as the BLMOVE returns.
-        more = limits.take - 1
-        pipelined_take = more > 0 and limits.batch_wait_ms <= 0
+        for script in (take, complete):  # loaded now, so the first batch needs no NOSCRIPT retry
+            try:
+                client.script_load(script.script)
+            except redis.RedisError as exc:
+                log.warning("allocation %s: could not load a script: %s", self.name, exc)
+        lanes = _LaneState()
         recovering = True  # first pass: put back whatever a previous failure left in our list
         try:
             while not self.stop_requested.is_set():
@@ -142,14 +170,7 @@ class Allocation(threading.Thread):
                         self._index(client)
                         requeue(keys=[self.processing_key, self.queue_key])
                         recovering = False
-                    if pipelined_take:
-                        items = self._pop_and_take(client, take, more)
-                    else:
-                        raw = client.blmove(self.queue_key, self.processing_key, POP_TIMEOUT_S, "RIGHT", "LEFT")  # type: ignore[arg-type]
-                        items = [] if raw is None else [as_bytes(raw)]
-                        if items and more > 0:
-                            time.sleep(limits.batch_wait_ms / 1000)
-                            items += take(keys=[self.queue_key, self.processing_key], args=[more, self.context.peers()])
+                    items = self._take(client, take, lanes)
                     if not items:
                         if self.drain_requested.is_set():
                             break
@@ -171,20 +192,39 @@ class Allocation(threading.Thread):
             client.close()
             self.on_exit(self)
 
-    def _pop_and_take(self, client: redis.Redis, take: Any, more: int) -> list[bytes]:
-        """BLMOVE the oldest request (waiting up to POP_TIMEOUT_S) and TAKE up to ``more``, one round trip."""
-        pipe = client.pipeline(transaction=False)
-        pipe.blmove(self.queue_key, self.processing_key, POP_TIMEOUT_S, "RIGHT", "LEFT")  # type: ignore[arg-type]
-        peers = self.context.peers()
-        pipe.evalsha(take.sha, 2, self.queue_key, self.processing_key, more, peers)
-        raw, taken = pipe.execute(raise_on_error=False)
-        if isinstance(raw, Exception):
-            raise raw
-        if isinstance(taken, NoScriptError):  # a restarted Redis: load it, take again
-            taken = take(keys=[self.queue_key, self.processing_key], args=[more, peers])
-        elif isinstance(taken, Exception):
-            raise taken
-        return ([] if raw is None else [raw]) + list(taken)
+    def _take(self, client: redis.Redis, take: Any, lanes: _LaneState) -> list[bytes]:
+        """``TAKE`` the next batch: at once when the last take left work queued, else after
+        waiting (up to a pop timeout) for a request on the interactive queue: ``BLMOVE`` from
+        the queue onto itself only watches it (one round trip with the ``TAKE`` behind it).
+        Bulk pushes do not wake that wait, so while the bulk lane was busy lately the wait is
+        short (``BULK_POLL_S``)."""
+        limits = self.context.limits
+        now = time.monotonic()
+        bulk_n = limits.take if now >= lanes.interactive_until else min(limits.take, limits.bulk_take)
+        args = [limits.take, self.context.peers(), bulk_n, 1 if lanes.streak >= BULK_EVERY else 0]
+        take_keys = [self.queue_key, self.processing_key, self.bulk_queue_key]
+        if lanes.more:
+            result = take(keys=take_keys, args=args)
+        else:
+            wait_s = BULK_POLL_S if now < lanes.bulk_until else POP_TIMEOUT_S
+            if limits.batch_wait_ms > 0:
+                if client.blmove(self.queue_key, self.queue_key, wait_s, "RIGHT", "RIGHT") is not None:  # type: ignore[arg-type]
+                    time.sleep(limits.batch_wait_ms / 1000)
+                result = take(keys=take_keys, args=args)
+            else:
+                pipe = client.pipeline(transaction=False)
+                pipe.blmove(self.queue_key, self.queue_key, wait_s, "RIGHT", "RIGHT")  # type: ignore[arg-type]
+                pipe.evalsha(take.sha, len(take_keys), *take_keys, *args)
+                watched, result = pipe.execute(raise_on_error=False)
+                if isinstance(watched, Exception):
+                    raise watched
+                if isinstance(result, NoScriptError):  # a restarted Redis: load it, take again
+                    result = take(keys=take_keys, args=args)
+                elif isinstance(result, Exception):
+                    raise result
+        interactive, bulk = [as_bytes(i) for i in result[0]], [as_bytes(i) for i in result[1]]
+        lanes.observe(len(interactive), len(bulk), int(result[2]), int(result[3]), time.monotonic())
+        return interactive + bulk
 
     def serve(self, client: redis.Redis, complete: Any, items: Sequence[bytes]) -> None:
         now = now_ms()
@@ -243,6 +283,7 @@ class Allocation(threading.Thread):
             outcome.fail(requests, node_id, InferenceFailed(f"Error in inference process: [{exc}]"))
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
+        outcome.busy_ms += elapsed_ms
         timings_base = {"batch_size": float(len(batch))}
         for request, result in zip(requests, results, strict=True):
             body = json.dumps(result, separators=(",", ":")).encode()
@@ -281,6 +322,8 @@ class Allocation(threading.Thread):
             cache.memory_ceiling_bytes,
             *outcome.cache_pairs,
         ]
+        if outcome.busy_ms > 0:  # the allocation's busy time: what adaptive allocations call load
+            pipe.hincrbyfloat(self.stats_key, "busy_ms_sum", outcome.busy_ms)
         pipe.evalsha(complete.sha, 2, self.stats_key, self.processing_key, *complete_args)
         # replies first; a failing cache write or stats update must not fail the requests
         outcomes = pipe.execute(raise_on_error=False)
@@ -306,6 +349,7 @@ class _BatchOutcome:
     replies: list[InferReply] = field(default_factory=list)
     cache_pairs: list[bytes | str] = field(default_factory=list)
     time_sum_ms: float = 0.0
+    busy_ms: float = 0.0  # forward-pass time, once per pass
     ok: int = 0
     errors: int = 0
 

@@ -19,8 +19,10 @@ Fairness to interactive ``_infer`` traffic (both bounds hold per job; see ``Bulk
   ``chunk_docs``; routing spreads them over the nodes by allocations, so an interactive request
   queues behind about ``window_docs_per_allocation`` bulk documents per allocation, whatever the
   cluster's size: one small batch (the allocation batches up to ``max_batch_size``, 8 by default).
+- **bulk lane**: chunks go to the deployment's bulk lane (``BulkOptions.lane``): allocations serve
+  interactive requests first and bulk work with a bounded share (``shared.queue.TAKE``).
 - **queue share**: a chunk is pushed with ``Producer.infer(..., queue_limit=share × capacity)``:
-  the ``DISPATCH`` script refuses a bulk document once that node's queue holds
+  the ``DISPATCH`` script refuses a bulk document once that node's bulk queue holds
   ``queue_share × queue_capacity`` items (atomically, in the same script as the push), so bulk
   never takes the last ``(1 - share)`` of a queue from interactive requests (nor makes them
   429). A refused chunk (``QueueFull``) waits and is retried with exponential back-off
@@ -85,6 +87,7 @@ from rq.worker import WorkerStatus
 from shared import task_config
 from shared.errors import Conflict, InferqError, NotFound, QueueFull, RequestTimeout, Unavailable
 from shared.producer import InferResult, Producer
+from shared.queue import BULK, LANES
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +127,11 @@ class BulkOptions:
     backoff_max_ms: float = 200.0
     unavailable_timeout_s: float = 60.0  # wait this long for a deployment with no started node
     progress_interval_s: float = 0.5  # job.meta is saved at most this often (and at the end)
+    lane: str = BULK  # the queue lane (``interactive`` only to measure what the bulk lane buys)
 
     def __post_init__(self) -> None:
+        if self.lane not in LANES:
+            raise ValueError(f"lane must be one of {list(LANES)}")
         if self.chunk_docs < 1 or self.window_docs_per_allocation < 1:
             raise ValueError("chunk_docs and window_docs_per_allocation must be at least 1")
         if not 0 < self.queue_share <= 1:
@@ -420,6 +426,7 @@ class BulkRun:
                     inference_config=self.inference_config,
                     timeout_ms=options.timeout_ms,
                     queue_limit=self.queue_limit,
+                    lane=options.lane,
                 )
                 return [_entry(i, r) for i, r in enumerate(results)]
             except QueueFull:

@@ -280,9 +280,10 @@ class Node:
         heirs = sorted(n for n, a in doc.get("targets", {}).items() if a > 0 and n != self.node_id)
         if not heirs:
             return
-        source, destination = keys.queue(deployment_id, self.node_id), keys.queue(deployment_id, heirs[0])
-        while self.client.lmove(source, destination, "LEFT", "RIGHT") is not None:
-            pass
+        for lane_key in (keys.queue, keys.bulk_queue):
+            source, destination = lane_key(deployment_id, self.node_id), lane_key(deployment_id, heirs[0])
+            while self.client.lmove(source, destination, "LEFT", "RIGHT") is not None:
+                pass
 
     def busy_s(self) -> float:
         """The longest a deployment's queue here has gone untaken (every allocation busy)."""
