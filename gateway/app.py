@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway import auth, deployments_api, infer_api, models_api, stats_api
+from gateway import auth, deployments_api, infer_api, metrics, models_api, stats_api, status_page
 from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
 from gateway.control import ControlPlane, planner_loop
 from gateway.http import check_params, error_middleware, json_response
@@ -103,6 +103,8 @@ def create_app(settings: GatewaySettings, *, redis: aioredis.Redis | None = None
 
     app.cleanup_ctx.append(resources)
     add_routes(app)
+    metrics.setup(app)  # GET /metrics and the request-counting middleware
+    status_page.setup(app)  # GET /_status
     auth.setup(app)  # _security routes; with INFERQ_AUTH=on also the auth middleware
     return app
 

@@ -3,6 +3,9 @@
 Every change of a deployment document happens under the cluster lease, so any number of
 gateways can serve these calls (and run the planner loop) against one Redis. Nodes only
 write their own routes; they react to the documents (see ``workers.node``).
+
+The planner counts what it does in ``keys.METRICS_PLANNER`` (hash: ``pass``, ``retarget``,
+``reap_node``, ``requeue``), which ``GET /metrics`` reports.
 """
 
 from __future__ import annotations
@@ -318,10 +321,14 @@ class ControlPlane:
                 doc.pop("reason", None)
             doc["max_assigned_allocations"] = max(int(doc.get("max_assigned_allocations", 0)), sum(targets.values()))
             await self.deployments.put(doc)
+            await self.count_action("retarget")
             changed = True
         if changed:
             await self.deployments.bump()
         return changed
+
+    async def count_action(self, action: str) -> None:
+        await self.redis.hincrby(keys.METRICS_PLANNER, action, 1)
 
     async def replan(self) -> bool:
         """One planner pass (the caller holds the lease): re-place allocations of dead nodes,
@@ -360,8 +367,10 @@ class ControlPlane:
                         continue
                     # different hash tags: move item by item through this process (rare path)
                     await self._move_list(source, keys.queue(deployment_id, heirs[0]))
+                    await self.count_action("requeue")
             if not leftovers:
                 await node_registry.forget(self.redis, node_id)
+                await self.count_action("reap_node")
 
     async def _move_list(self, source: str, destination: str) -> None:
         while True:
@@ -380,6 +389,7 @@ async def planner_loop(control: ControlPlane, interval_s: float, stop: asyncio.E
             if token is not None:
                 try:
                     await control.replan()
+                    await control.count_action("pass")
                 finally:
                     await release(control.redis, token)
         except asyncio.CancelledError:

@@ -24,6 +24,8 @@ PLANNER_LEASE = f"{PREFIX}:planner:lease"
 EVENTS = f"{PREFIX}:events"  # pub/sub channel: something in cluster state changed
 STATE_VERSION = f"{PREFIX}:state:version"  # INCR on every cluster-state change
 API_KEYS = f"{PREFIX}:api_keys"  # hash: key id -> msgpack record
+METRICS_GATEWAY = f"{PREFIX}:metrics:gateway"  # hash: every gateway's request counters (gateway/request_metrics.py)
+METRICS_PLANNER = f"{PREFIX}:metrics:planner"  # hash: planner action -> count (gateway/control.py)
 
 
 def model_tag(model_id: str) -> str:

@@ -57,7 +57,8 @@ return queue_take(KEYS[1], KEYS[2], n)
 )
 
 # KEYS: stats, processing.  ARGV: cache_prefix, budget_bytes, policy, now_ms, start_ms,
-# results, time_ms_sum, errors, then digest/value pairs to cache.
+# results, time_ms_sum, errors, n, then n stats field/increment pairs (histograms,
+# shared.histograms), then digest/value pairs to cache.
 COMPLETE = compose(
     "cache",
     "stats",
@@ -66,8 +67,9 @@ local stats_key, processing_key = KEYS[1], KEYS[2]
 local cache_prefix, budget, policy = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now_ms, start_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
 local results, time_sum, errors = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local first_pair = stats_add(stats_key, ARGV, 10, tonumber(ARGV[9]))
 if budget > 0 then
-  for i = 9, #ARGV, 2 do
+  for i = first_pair, #ARGV, 2 do
     cache_put(cache_prefix, ARGV[i], ARGV[i + 1], budget, policy, now_ms)
   end
 end

@@ -33,7 +33,7 @@ import redis
 import torch
 from redis.exceptions import NoScriptError
 
-from shared import keys
+from shared import histograms, keys
 from shared.errors import InferenceFailed, InferqError
 from shared.queue import COMPLETE, REQUEUE, TAKE
 from shared.redis_conn import as_bytes
@@ -218,6 +218,7 @@ class Allocation(threading.Thread):
             outcome.fail(requests, node_id, InferenceFailed(f"Error in inference process: [{exc}]"))
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
+        outcome.observe_pass(len(batch), elapsed_ms / 1000)
         timings_base = {"batch_size": float(len(batch))}
         for request, result in zip(requests, results, strict=True):
             body = json.dumps(result, separators=(",", ":")).encode()
@@ -252,6 +253,8 @@ class Allocation(threading.Thread):
             outcome.ok,
             outcome.time_sum_ms,
             outcome.errors,
+            len(outcome.observations),
+            *(x for pair in outcome.observations.items() for x in pair),
             *outcome.cache_pairs,
         ]
         pipe.evalsha(complete.sha, 2, self.stats_key, self.processing_key, *complete_args)
@@ -266,13 +269,19 @@ class Allocation(threading.Thread):
 
 @dataclass
 class _BatchOutcome:
-    """What a batch has produced so far: replies not yet sent, results to cache, counters."""
+    """What a batch has produced so far: replies not yet sent, results to cache, counters,
+    and the stats histogram increments of its forward passes (``shared.histograms``)."""
 
     replies: list[InferReply] = field(default_factory=list)
     cache_pairs: list[bytes | str] = field(default_factory=list)
     time_sum_ms: float = 0.0
     ok: int = 0
     errors: int = 0
+    observations: dict[str, float] = field(default_factory=dict)
+
+    def observe_pass(self, documents: int, seconds: float) -> None:
+        histograms.BATCH_SIZE.observe(self.observations, documents)
+        histograms.FORWARD_SECONDS.observe(self.observations, seconds)
 
     def fail(self, requests: Sequence[InferRequest], node_id: str, error: InferqError) -> None:
         wire = error.to_wire()
