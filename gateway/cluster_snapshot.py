@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 
 from gateway.request_metrics import GatewayFigures, parse_gateway_hash
 from shared import keys
+from shared.assignment import assignment_state
 from shared.cache import CacheStats, meta_key, parse_meta
 from shared.cluster_view import DeploymentView, load_view
 from shared.histograms import BATCH_SIZE, FORWARD_SECONDS, Histogram
@@ -173,7 +174,7 @@ async def read_snapshot(client: aioredis.Redis) -> ClusterSnapshot:
             DeploymentFigures(
                 deployment_id=dv.deployment_id,
                 model_id=dv.model_id,
-                state=dv.state,
+                state=assignment_state(dv.doc, dv.routes),
                 number_of_allocations=int(params.get("number_of_allocations", 0)),
                 queue_capacity=dv.queue_capacity,
                 cache_budget_bytes=dv.cache_size_bytes,

@@ -1,6 +1,7 @@
 // inferq status page: polls /_status/data, fills the tables, draws the last minutes.
-// No dependencies. Rates come from differences of cumulative counters between polls, timed
-// by the gateway's clock (time_ms), so a slow or throttled browser still draws true rates.
+// No dependencies. Rates come from differences of cumulative counters over the last few polls,
+// timed by the gateway's clock (time_ms), so a slow or throttled browser still draws true
+// rates; the time axis is the browser's.
 "use strict";
 
 (function () {
@@ -9,7 +10,8 @@
   const WINDOW_MS = Math.max(10, Number(params.get("window_s")) || 300) * 1000;
   const KEY_STORE = "inferq.apiKey";
   const COLORS = ["#3b82f6", "#ef4444", "#10b981", "#f59e0b", "#8b5cf6", "#ec4899", "#14b8a6", "#64748b"];
-  const samples = []; // {t, deps: {id: {inf, counts, sum}}}
+  const SPAN = 3; // polls a rate or a quantile is taken over
+  const samples = []; // {t: gateway ms, x: browser ms, deps: {id: {inf, counts, bounds, sum}}}
   let timer = null;
 
   const $ = (id) => document.getElementById(id);
@@ -162,8 +164,9 @@
     }
     const last = samples[samples.length - 1];
     if (last && data.time_ms <= last.t) return;
-    samples.push({ t: data.time_ms, deps });
-    while (samples.length > 2 && samples[0].t < data.time_ms - WINDOW_MS) samples.shift();
+    const x = Date.now();
+    samples.push({ t: data.time_ms, x, deps });
+    while (samples.length > SPAN + 1 && samples[0].x < x - WINDOW_MS - 10000) samples.shift();
   }
 
   // Quantile q of the observations between two cumulative-by-bucket snapshots (linear within
@@ -197,11 +200,12 @@
       const p50 = [];
       const p95 = [];
       for (let i = 1; i < samples.length; i++) {
-        const a = samples[i - 1].deps[id];
+        const first = samples[Math.max(0, i - SPAN)];
+        const a = first.deps[id];
         const b = samples[i].deps[id];
-        const t = samples[i].t;
+        const t = samples[i].x;
         if (!a || !b) continue;
-        const seconds = (t - samples[i - 1].t) / 1000;
+        const seconds = (samples[i].t - first.t) / 1000;
         if (b.inf >= a.inf && seconds > 0) rate.push([t, (b.inf - a.inf) / seconds]);
         if (b.counts.length && a.counts.length === b.counts.length) {
           const m50 = quantile(0.5, b.bounds, a.counts, b.counts);
@@ -211,7 +215,7 @@
         }
       }
       throughput.push({ label: id, color, points: rate });
-      latency.push({ label: id + " p95", color, points: p95 });
+      latency.push({ label: id, color, points: p95 });
       latency.push({ label: id + " p50", color, points: p50, dashed: true });
     }
     return { throughput, latency };
@@ -274,6 +278,11 @@
     }
     g.setLineDash([]);
     legend.replaceChildren();
+    if (lines.some((line) => line.dashed)) {
+      const note = document.createElement("span");
+      note.textContent = "solid p95, dashed p50:";
+      legend.appendChild(note);
+    }
     for (const line of lines) {
       if (line.dashed) continue;
       const item = document.createElement("span");
@@ -287,7 +296,7 @@
 
   function drawCharts() {
     if (!samples.length) return;
-    const now = samples[samples.length - 1].t;
+    const now = samples[samples.length - 1].x;
     const { throughput, latency } = series();
     drawChart($("throughput-chart"), $("throughput-legend"), throughput, now);
     drawChart($("latency-chart"), $("latency-legend"), latency, now);

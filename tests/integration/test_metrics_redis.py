@@ -24,9 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.scrape_cost import deployment_doc, seed
 from gateway.app import create_app
 from shared import keys, task_config
+from shared.api_keys import encode_credentials
 from shared.cache import DigestPrefix, make_sync_cache
 from shared.producer import canonical_json
 from shared.settings import GatewaySettings
+from tests import browser
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 INFER = "/_ml/trained_models/{model_id}/_infer"
@@ -195,3 +197,50 @@ async def test_status_data_and_page_files(gateways: list[str]) -> None:
     assert model["queue_depth"] == 4 and model["queue_capacity"] == 2048
     assert model["cache_hits"] == 6 and model["cache_misses"] == 4 and model["hit_ratio"] == 0.6
     assert model["allocations"] == 2 and model["state"] == "started"
+
+
+BOOTSTRAP = "boot-id:boot-secret-0123456789"
+
+
+@pytest.fixture
+async def secured(redis_url: str, cluster_state: redis.Redis) -> AsyncIterator[str]:
+    settings = GatewaySettings(redis_url=redis_url, planner_interval_s=3600, auth_required=True,
+                               bootstrap_api_key=BOOTSTRAP)  # fmt: skip
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url(""))
+    await server.close()
+
+
+async def test_auth_guards_metrics_and_data_like_stats_but_not_the_page(secured: str) -> None:
+    key = "ApiKey " + encode_credentials(*BOOTSTRAP.split(":"))
+    async with aiohttp.ClientSession() as session:
+        for path in ("/metrics", "/_status/data", "/_ml/trained_models/_stats"):
+            async with session.get(secured + path) as response:
+                assert response.status == 401, path
+                assert (await response.json())["error"]["type"] == "security_exception"
+            async with session.get(secured + path, headers={"Authorization": key}) as response:
+                assert response.status == 200, path
+        for path in ("/_status", "/_status/status.js", "/_status/status.css"):
+            async with session.get(secured + path) as response:
+                assert response.status == 200, path
+        # a key without monitor privileges may infer, not scrape
+        body = {"name": "infer-only", "role_descriptors": {"r": {"cluster": ["monitor_inference"]}}}
+        async with session.post(secured + "/_security/api_key", json=body, headers={"Authorization": key}) as response:
+            infer_only = "ApiKey " + (await response.json())["encoded"]
+        async with session.get(secured + "/metrics", headers={"Authorization": infer_only}) as response:
+            assert response.status == 403
+
+
+async def test_status_page_in_a_browser_asks_for_a_key_then_shows_the_cluster(secured: str) -> None:
+    without_key = await browser.dump_dom(secured + "/_status?interval_ms=500", budget_ms=3000)
+    assert '<form id="key-form">' in without_key  # shown: no longer hidden
+    assert "data-deployment" not in without_key
+    # the key in the fragment is stored by the page and sent as Authorization: ApiKey
+    with_key = await browser.dump_dom(secured + f"/_status?interval_ms=500#key={BOOTSTRAP}", budget_ms=3000)
+    assert '<form id="key-form" hidden="">' in with_key
+    for deployment_id in ("hits", "full", "model-00", "model-01"):
+        assert f'data-deployment="{deployment_id}"' in with_key
+    for node_id in ("node-1", "node-2"):
+        assert f'data-node="{node_id}"' in with_key
+    assert "4 deployment(s), 2/2 node(s) live" in with_key
