@@ -97,7 +97,7 @@ def test_exposition_follows_prometheus_conventions() -> None:
     dn = (("deployment", "dep"), ("node", "n1"))
     assert found[("inferq_inference_seconds_total", dn)] == 0.25
     assert found[("inferq_cache_used_bytes", dn)] == 1000
-    assert found[("inferq_batch_size_documents_bucket", (dn[0], ("le", "2.0"), dn[1]))] == 3
+    assert found[("inferq_batch_size_documents_bucket", (dn[0], ("le", "4.0"), dn[1]))] == 3
     assert found[("inferq_batch_size_documents_sum", dn)] == 9
     assert found[("inferq_inference_failures_total", (*dn, ("reason", "error")))] == 1
     assert found[("inferq_request_duration_seconds_bucket", (("deployment", "dep"), ("le", "0.0005")))] == 5
