@@ -131,6 +131,11 @@ def _ms(values: list[float]) -> dict[str, float]:
     }
 
 
+def _redis_cpu_s(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def _commands(client: redis.Redis) -> int:
     stats = client.info("commandstats")
     return sum(int(v["calls"]) for v in stats.values())
@@ -167,13 +172,19 @@ async def measure(redis_url: str, scrapes: int) -> dict[str, Any]:
                 status_s.append(time.perf_counter() - started)
         read_s: list[float] = []
         render_s: list[float] = []
+        read_cpu_s = render_cpu_s = 0.0
+        redis_before = _redis_cpu_s(sync)
         for _ in range(scrapes):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             snapshot = await read_snapshot(client)
             read_s.append(time.perf_counter() - started)
-            started = time.perf_counter()
+            read_cpu_s += time.process_time() - cpu
+        redis_cpu_s = (_redis_cpu_s(sync) - redis_before) / scrapes
+        for _ in range(scrapes):
+            started, cpu = time.perf_counter(), time.process_time()
             render(snapshot)
             render_s.append(time.perf_counter() - started)
+            render_cpu_s += time.process_time() - cpu
     finally:
         await runner.cleanup()
         await client.aclose()
@@ -188,6 +199,9 @@ async def measure(redis_url: str, scrapes: int) -> dict[str, Any]:
         "families": len(families),
         "samples": sum(len(f.samples) for f in families),
         "redis_commands_per_scrape": round(commands, 1),
+        "read_cpu_ms_per_scrape": round(read_cpu_s / scrapes * 1000, 2),  # gateway process
+        "render_cpu_ms_per_scrape": round(render_cpu_s / scrapes * 1000, 2),
+        "redis_cpu_ms_per_scrape": round(redis_cpu_s * 1000, 2),
     }
 
 
@@ -212,6 +226,8 @@ def main() -> None:
         print(f"  {name:<18} p50 {r['p50_ms']:8.2f} ms   p95 {r['p95_ms']:8.2f} ms")
     print(f"  body {result['body_bytes']} bytes, {result['families']} families, {result['samples']} samples, "
           f"{result['redis_commands_per_scrape']} Redis commands per scrape")  # fmt: skip
+    print(f"  CPU per scrape: gateway {result['read_cpu_ms_per_scrape']} ms reading + "
+          f"{result['render_cpu_ms_per_scrape']} ms rendering, redis-server {result['redis_cpu_ms_per_scrape']} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -198,7 +198,8 @@ async def get_metrics(request: web.Request) -> web.Response:
     check_params(request, ())
     await request.app[RECORDER].flush()  # this gateway's own requests, up to this one
     snapshot = await read_snapshot(request.app[REDIS])
-    body, content_type = render(snapshot, request.headers.get("Accept", ""))
+    # rendering is CPU work (about 7 us a sample): off the event loop, so requests keep flowing
+    body, content_type = await asyncio.to_thread(render, snapshot, request.headers.get("Accept", ""))
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
@@ -226,12 +227,16 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
 def _record(request: web.Request, status: int, seconds: float) -> None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else UNMATCHED_ROUTE
+    infer = route.endswith("/_infer")
     deployment = ""
     model_id = request.match_info.get("model_id")
     if model_id is not None and PRODUCER in request.app:
-        view = request.app[PRODUCER].watcher.view.resolve(model_id)
+        cluster = request.app[PRODUCER].watcher.view
+        # _infer takes a model id for its first deployment, as the producer resolves it; other
+        # routes are labelled only when they name a deployment
+        view = cluster.resolve(model_id) if infer else cluster.deployments.get(model_id)
         deployment = view.deployment_id if view is not None else ""
-    request.app[RECORDER].record(route, deployment, status, seconds, latency=route.endswith("/_infer"))
+    request.app[RECORDER].record(route, deployment, status, seconds, latency=infer)
 
 
 def setup(app: web.Application) -> None:

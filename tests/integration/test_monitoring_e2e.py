@@ -95,6 +95,8 @@ def test_status_page_in_a_browser(watched: LocalCluster) -> None:
     finally:
         stop.set()
         thread.join(timeout=30)
+    with urllib.request.urlopen(watched.url + "/metrics", timeout=30) as response:
+        (browser.ARTIFACTS / "metrics-after-traffic.txt").write_bytes(response.read())
     assert 'data-deployment="watched"' in dom and 'data-deployment="second"' in dom
     assert 'data-node="node-1"' in dom and 'data-node="node-2"' in dom
     assert "2 deployment(s), 2/2 node(s) live" in dom
