@@ -225,7 +225,7 @@ async def read_snapshot(client: aioredis.Redis) -> ClusterSnapshot:
         time_ms=now_ms,
         nodes=nodes,
         deployments=deployments,
-        gateway=parse_gateway_hash(raw_gateway),
+        gateway=parse_gateway_hash(raw_gateway).only(set(view.deployments)),
         planner_actions=planner,
         read_seconds=time.perf_counter() - started,
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from gateway.request_metrics import forget_deployment
 from gateway.start_params import StartParams
 from shared import keys, node_registry, task_config
 from shared.assignment import assignment_state, render_assignment, wait_satisfied
@@ -291,6 +292,7 @@ class ControlPlane:
                 pipe.unlink(key)
             await pipe.execute()
         await self.deployments.remove(deployment_id)
+        await forget_deployment(self.redis, deployment_id)  # its request counters end with it
         await self.deployments.bump()
 
     # ---- planning ----------------------------------------------------------------------------

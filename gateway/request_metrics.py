@@ -57,6 +57,13 @@ class GatewayFigures:
     requests: list[RequestCount]
     latency: dict[str, Histogram]  # deployment -> end-to-end _infer time
 
+    def only(self, deployment_ids: set[str]) -> GatewayFigures:
+        """The figures of these deployments and of requests that named none (``""``)."""
+        return GatewayFigures(
+            [r for r in self.requests if r.deployment == "" or r.deployment in deployment_ids],
+            {d: h for d, h in self.latency.items() if d in deployment_ids},
+        )
+
 
 def _field(*parts: str | int) -> str:
     return json.dumps(parts, separators=(",", ":"))
@@ -99,6 +106,23 @@ def parse_gateway_hash(raw: Mapping[bytes | str, bytes | str]) -> GatewayFigures
     }
     requests.sort(key=lambda r: (r.route, r.deployment, r.code))
     return GatewayFigures(requests, latency)
+
+
+async def forget_deployment(client: aioredis.Redis, deployment_id: str) -> int:
+    """Drop a removed deployment's fields from ``keys.METRICS_GATEWAY`` (its series end);
+    returns how many. A control-plane call: reads the hash's field names (a few hundred)."""
+    doomed = []
+    for raw in await client.hkeys(keys.METRICS_GATEWAY):
+        try:
+            parts = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(parts, list) and (
+            (parts[0] == "r" and len(parts) == 4 and parts[2] == deployment_id)
+            or (parts[0] == "l" and len(parts) == 3 and parts[1] == deployment_id)
+        ):
+            doomed.append(raw)
+    return int(await client.hdel(keys.METRICS_GATEWAY, *doomed)) if doomed else 0
 
 
 class RequestRecorder:

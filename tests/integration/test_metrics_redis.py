@@ -17,15 +17,18 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.scrape_cost import deployment_doc, seed
 from gateway.app import create_app
+from gateway.request_metrics import forget_deployment
 from shared import keys, task_config
 from shared.api_keys import encode_credentials
 from shared.cache import DigestPrefix, make_sync_cache
+from shared.deployment_store import DeploymentStore
 from shared.producer import canonical_json
 from shared.settings import GatewaySettings
 from tests import browser
@@ -244,3 +247,24 @@ async def test_status_page_in_a_browser_asks_for_a_key_then_shows_the_cluster(se
     for node_id in ("node-1", "node-2"):
         assert f'data-node="{node_id}"' in with_key
     assert "4 deployment(s), 2/2 node(s) live" in with_key
+
+
+
+async def test_a_removed_deployment_leaves_no_series(gateways: list[str], redis_url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        assert await infer(session, gateways[0], "hits", HIT_TEXT) == 200
+        found = await scrape(session, gateways[0])
+        assert total(found, "inferq_http_requests_total", deployment="hits") == 1
+        assert total(found, "inferq_request_duration_seconds_count", deployment="hits") == 1
+        client = aioredis.Redis.from_url(redis_url)
+        try:  # what the control plane does when a deployment is stopped
+            await DeploymentStore(client).remove("hits")
+            assert await forget_deployment(client, "hits") == 3  # requests, one bucket, the sum
+            assert await forget_deployment(client, "hits") == 0
+            remaining = await client.hkeys(keys.METRICS_GATEWAY)
+        finally:
+            await client.aclose()
+        found = await scrape(session, gateways[1])
+    assert not [k for k in found if ("deployment", "hits") in k[1]]
+    assert total(found, "inferq_http_requests_total", deployment="model-00") > 0  # the others stay
+    assert not [f for f in remaining if b'"hits"' in f]
