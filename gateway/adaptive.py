@@ -89,7 +89,7 @@ class NodeSample:
     answered: int  # inference_count: results, cache hits included
     failed: int  # error_count + timeout_count + rejected_execution_count
     pending: int  # queued (both lanes) + in processing lists
-    busy_ms: float  # allocation busy time (busy_ms_sum), or the summed per-request time
+    busy_ms: float  # allocation busy time (the forward passes' time, ``forward_seconds:sum``), or the summed per-request time
 
 
 @dataclass(frozen=True)

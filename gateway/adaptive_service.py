@@ -31,7 +31,7 @@ from typing import Any
 from gateway.adaptive import AdaptiveScaler, NodeSample, ScalerConfig, window_of
 from gateway.adaptive_settings import AdaptiveAllocations
 from gateway.control import ControlPlane
-from shared import keys, node_registry
+from shared import histograms, keys, node_registry
 from shared.assignment import routable_allocations
 from shared.redis_conn import text
 
@@ -45,7 +45,9 @@ def adaptive_settings_of(doc: Mapping[str, Any]) -> AdaptiveAllocations | None:
 
 def sample_of(stats: Mapping[bytes | str, bytes | str], queued: int) -> NodeSample:
     fields = {text(k): float(v) for k, v in stats.items() if text(k) in _SAMPLE_FIELDS}
-    busy_ms = fields.get("busy_ms_sum", fields.get("nohit_time_ms_sum", 0.0))
+    # the allocations' busy time: their forward passes (shared.histograms), else the summed request time
+    busy_s = fields.get(_FORWARD_SUM)
+    busy_ms = busy_s * 1000 if busy_s is not None else fields.get("nohit_time_ms_sum", 0.0)
     return NodeSample(
         answered=int(fields.get("inference_count", 0)),
         failed=int(sum(fields.get(n, 0) for n in ("error_count", "timeout_count", "rejected_execution_count"))),
@@ -54,8 +56,9 @@ def sample_of(stats: Mapping[bytes | str, bytes | str], queued: int) -> NodeSamp
     )
 
 
+_FORWARD_SUM = histograms.FORWARD_SECONDS.sum_field()
 _SAMPLE_FIELDS = frozenset(
-    ("inference_count", "error_count", "timeout_count", "rejected_execution_count", "busy_ms_sum", "nohit_time_ms_sum")
+    ("inference_count", "error_count", "timeout_count", "rejected_execution_count", _FORWARD_SUM, "nohit_time_ms_sum")
 )
 
 

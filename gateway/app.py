@@ -11,7 +11,17 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway import aliases_api, auth, deployments_api, infer_api, inference_api, models_api, stats_api
+from gateway import (
+    aliases_api,
+    auth,
+    deployments_api,
+    infer_api,
+    inference_api,
+    metrics,
+    models_api,
+    stats_api,
+    status_page,
+)
 from gateway.adaptive import ScalerConfig
 from gateway.adaptive_service import AdaptiveService
 from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
@@ -136,6 +146,8 @@ def create_app(settings: GatewaySettings, *, redis: aioredis.Redis | None = None
 
     app.cleanup_ctx.append(resources)
     add_routes(app)
+    metrics.setup(app)  # GET /metrics and the request-counting middleware
+    status_page.setup(app)  # GET /_status
     auth.setup(app)  # _security routes; with INFERQ_AUTH=on also the auth middleware
     return app
 

@@ -83,8 +83,11 @@ ROUTE_ACTIONS: dict[tuple[str, str], str] = {
     ("PUT", SECURITY_API_KEY): "cluster:admin/xpack/security/api_key/create",
     ("GET", SECURITY_API_KEY): "cluster:admin/xpack/security/api_key/get",
     ("DELETE", SECURITY_API_KEY): "cluster:admin/xpack/security/api_key/invalidate",
+    ("GET", "/metrics"): "cluster:monitor/xpack/ml/inference/stats/get",  # as _stats
+    ("GET", "/_status/data"): "cluster:monitor/xpack/ml/inference/stats/get",
 }
-OPEN_ROUTES = frozenset({("GET", "/")})
+# the status page's files load without a key (the page then asks for one)
+OPEN_ROUTES = frozenset({("GET", "/"), ("GET", "/_status"), ("GET", "/_status/status.js"), ("GET", "/_status/status.css")})
 AUTHENTICATED_ONLY = frozenset({("GET", AUTHENTICATE)})
 
 

@@ -9,6 +9,9 @@ node (in-flight ones count a delivery, ``REQUEUE_COUNTED``); the queue of a node
 but stalled (``node_registry.suspect``) goes to a healthy one; a ``_stop`` whose gateway died
 before finishing it is finished. Every control operation writes each document whole, so one
 interrupted half way leaves documents the next pass re-plans as they are.
+
+The planner counts what it does in ``keys.METRICS_PLANNER`` (hash: ``pass``, ``retarget``,
+``reap_node``, ``requeue``), which ``GET /metrics`` reports.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import redis.asyncio as aioredis
 
 from gateway.adaptive_settings import AdaptiveAllocations, merged_for_update
 from gateway.redis_memory import RedisMemorySettings, read_capacity
+from gateway.request_metrics import forget_deployment
 from gateway.start_params import StartParams
 from shared import keys, node_registry, task_config
 from shared.assignment import assignment_state, render_assignment, wait_satisfied
@@ -369,6 +373,7 @@ class ControlPlane:
                 await pipe.execute()
         await self.redis.unlink(keys.deployment_nodes(deployment_id))
         await self.deployments.remove(deployment_id)
+        await forget_deployment(self.redis, deployment_id)  # its request counters end with it
         await self.deployments.bump()
 
     # ---- planning ----------------------------------------------------------------------------
@@ -435,10 +440,14 @@ class ControlPlane:
                 doc.pop("reason", None)
             doc["max_assigned_allocations"] = max(int(doc.get("max_assigned_allocations", 0)), sum(targets.values()))
             await self.deployments.put(doc)
+            await self.count_action("retarget")
             changed = True
         if changed:
             await self.deployments.bump()
         return changed
+
+    async def count_action(self, action: str) -> None:
+        await self.redis.hincrby(keys.METRICS_PLANNER, action, 1)
 
     async def replan(self) -> bool:
         """One planner pass (the caller holds the lease): re-place allocations of dead nodes,
@@ -517,8 +526,10 @@ class ControlPlane:
                         continue
                     # different hash tags: move item by item through this process (rare path)
                     await self._move_list(source, lane(deployment_id, heirs[0]))
+                    await self.count_action("requeue")
             if not leftovers and await node_registry.dead_for_ms(self.redis, node_id) >= node_registry.REAP_GRACE_MS:
                 await node_registry.forget(self.redis, node_id)
+                await self.count_action("reap_node")
 
     async def _move_list(self, source: str, destination: str) -> None:
         while True:
@@ -558,6 +569,7 @@ async def planner_loop(
             if token is not None:
                 try:
                     await control.replan()
+                    await control.count_action("pass")
                     if adaptive is not None and adaptive.due():
                         await adaptive.tick()
                 finally:

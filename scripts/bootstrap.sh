@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make the project runnable on a fresh Debian machine: a venv with the project installed,
-# and redis-server on PATH (installed from Debian's packages when absent and we are root).
+# and redis-server and chromium on PATH (installed from Debian's packages when absent and we are root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -18,6 +18,10 @@ apt_install() {
 
 if ! command -v redis-server >/dev/null; then
   apt_install redis-server
+fi
+# headless chromium: the status page tests load /_status in a real browser
+if ! command -v chromium >/dev/null; then
+  apt_install chromium
 fi
 
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then

@@ -218,6 +218,22 @@ def _int(value: Any) -> int:
     return int(float(value)) if value is not None else 0
 
 
+def parse_meta(raw: Any, budget_bytes: int) -> CacheStats:
+    """``CacheStats`` from an ``HGETALL`` of ``meta_key(prefix)`` (a missing hash is all zeros)."""
+    meta = {(k.decode() if isinstance(k, bytes) else k): v for k, v in (raw or {}).items()}
+    return CacheStats(
+        entries=_int(meta.get("entries")),
+        used_bytes=_int(meta.get("bytes")),
+        budget_bytes=budget_bytes,
+        hits=_int(meta.get("hits")),
+        misses=_int(meta.get("misses")),
+        evictions=_int(meta.get("evictions")),
+        stored=_int(meta.get("stored")),
+        rejected_too_large=_int(meta.get("rejected_too_large")),
+        no_headroom=_int(meta.get("no_headroom")),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _CacheOps:
     prefix: str
@@ -243,18 +259,7 @@ class _CacheOps:
 
     def stats(self) -> _Ops[CacheStats]:
         raw = yield _Command(("HGETALL", meta_key(self.prefix)))
-        meta = {(k.decode() if isinstance(k, bytes) else k): v for k, v in (raw or {}).items()}
-        return CacheStats(
-            entries=_int(meta.get("entries")),
-            used_bytes=_int(meta.get("bytes")),
-            budget_bytes=self.budget_bytes,
-            hits=_int(meta.get("hits")),
-            misses=_int(meta.get("misses")),
-            evictions=_int(meta.get("evictions")),
-            stored=_int(meta.get("stored")),
-            rejected_too_large=_int(meta.get("rejected_too_large")),
-            no_headroom=_int(meta.get("no_headroom")),
-        )
+        return parse_meta(raw, self.budget_bytes)
 
     def footprint(self) -> _Ops[CacheFootprint]:
         keys = (index_key(self.prefix), meta_key(self.prefix))

@@ -34,6 +34,8 @@ API_KEYS = f"{PREFIX}:api_keys"  # hash: key id -> msgpack record
 API_KEY_EVENTS = f"{PREFIX}:api_keys:events"  # pub/sub channel: ids of invalidated keys
 INFERENCE_ENDPOINTS = f"{PREFIX}:inference:endpoints"  # set of inference endpoint ids
 MODEL_ALIASES = f"{PREFIX}:model_aliases"  # hash: model alias -> model id
+METRICS_GATEWAY = f"{PREFIX}:metrics:gateway"  # hash: every gateway's request counters (gateway/request_metrics.py)
+METRICS_PLANNER = f"{PREFIX}:metrics:planner"  # hash: planner action -> count (gateway/control.py)
 
 
 def model_tag(model_id: str) -> str:

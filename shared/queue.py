@@ -77,7 +77,8 @@ return {interactive, bulk, li - #interactive, lb - #bulk}
 )
 
 # KEYS: stats, processing.  ARGV: cache_prefix, budget_bytes, policy, now_ms, start_ms,
-# results, time_ms_sum, errors, memory_ceiling_bytes (0: none), then digest/value pairs to cache.
+# results, time_ms_sum, errors, memory_ceiling_bytes (0: none), n, then n stats field/increment
+# pairs (histograms, shared.histograms), then digest/value pairs to cache.
 # The processing list goes first: a write that frees memory, so the bookkeeping after it is never
 # refused for memory (Redis checks maxmemory only before a script's first write), and the cache
 # inserts grow Redis only under the ceiling (cache.lua), never into what queues and state need.
@@ -90,12 +91,13 @@ local cache_prefix, budget, policy = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local now_ms, start_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
 local results, time_sum, errors = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 redis.call('DEL', processing_key)
+local first_pair = stats_add(stats_key, ARGV, 11, tonumber(ARGV[10]))
 if budget > 0 then
   local headroom = cache_headroom(ARGV[9])
-  for i = 10, #ARGV, 2 do
+  for i = first_pair, #ARGV, 2 do
     cache_put(cache_prefix, ARGV[i], ARGV[i + 1], budget, policy, now_ms, headroom)
   end
-elseif #ARGV >= 10 then
+elseif #ARGV >= first_pair then
   cache_trim(cache_prefix, 0, 64)  -- the budget went to 0: empty the cache, a little per batch
 end
 if results > 0 or errors > 0 then

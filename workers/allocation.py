@@ -35,7 +35,7 @@ import redis
 import torch
 from redis.exceptions import NoScriptError
 
-from shared import keys
+from shared import histograms, keys
 from shared.errors import InferenceFailed, InferqError
 from shared.queue import COMPLETE, REQUEUE, TAKE
 from shared.redis_budget import CacheLimits
@@ -283,7 +283,7 @@ class Allocation(threading.Thread):
             outcome.fail(requests, node_id, InferenceFailed(f"Error in inference process: [{exc}]"))
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
-        outcome.busy_ms += elapsed_ms
+        outcome.observe_pass(len(batch), elapsed_ms / 1000)
         timings_base = {"batch_size": float(len(batch))}
         for request, result in zip(requests, results, strict=True):
             body = json.dumps(result, separators=(",", ":")).encode()
@@ -320,10 +320,10 @@ class Allocation(threading.Thread):
             outcome.time_sum_ms,
             outcome.errors,
             cache.memory_ceiling_bytes,
+            len(outcome.observations),
+            *(x for pair in outcome.observations.items() for x in pair),
             *outcome.cache_pairs,
         ]
-        if outcome.busy_ms > 0:  # the allocation's busy time: what adaptive allocations call load
-            pipe.hincrbyfloat(self.stats_key, "busy_ms_sum", outcome.busy_ms)
         pipe.evalsha(complete.sha, 2, self.stats_key, self.processing_key, *complete_args)
         # replies first; a failing cache write or stats update must not fail the requests
         outcomes = pipe.execute(raise_on_error=False)
@@ -344,14 +344,19 @@ def redelivery_exhausted(deliveries: int, max_redeliveries: int) -> InferenceFai
 
 @dataclass
 class _BatchOutcome:
-    """What a batch has produced so far: replies not yet sent, results to cache, counters."""
+    """What a batch has produced so far: replies not yet sent, results to cache, counters,
+    and the stats histogram increments of its forward passes (``shared.histograms``)."""
 
     replies: list[InferReply] = field(default_factory=list)
     cache_pairs: list[bytes | str] = field(default_factory=list)
     time_sum_ms: float = 0.0
-    busy_ms: float = 0.0  # forward-pass time, once per pass
     ok: int = 0
     errors: int = 0
+    observations: dict[str, float] = field(default_factory=dict)
+
+    def observe_pass(self, documents: int, seconds: float) -> None:
+        histograms.BATCH_SIZE.observe(self.observations, documents)
+        histograms.FORWARD_SECONDS.observe(self.observations, seconds)
 
     def fail(self, requests: Sequence[InferRequest], node_id: str, error: InferqError) -> None:
         wire = error.to_wire()

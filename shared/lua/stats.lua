@@ -74,3 +74,14 @@ end
 local function stats_incr(stats_key, field, n)
   return redis.call('HINCRBY', stats_key, field, math.floor(tonumber(n) or 1))
 end
+
+-- Add `n` field/increment pairs read from `args` at `first` (histogram buckets and sums; see
+-- shared/histograms.py). Returns the index after the last pair.
+local function stats_add(stats_key, args, first, n)
+  local i = first
+  for _ = 1, n do
+    redis.call('HINCRBYFLOAT', stats_key, args[i], args[i + 1])
+    i = i + 2
+  end
+  return i
+end

@@ -1,0 +1,231 @@
+"""One read of everything ``GET /metrics`` and ``/_status`` show, from Redis alone.
+
+Any gateway reads the same keys, so any gateway describes the whole cluster, and two gateways
+give the same numbers. Four pipelined round trips, whatever the cluster's size:
+
+1. ``cluster_view.load_view`` (two): ``inferq:deployments``, each deployment document and
+   its ``inferq:routes:<dep>`` hash;
+2. ``inferq:nodes``, ``keys.METRICS_GATEWAY`` (``gateway/request_metrics.py``) and
+   ``keys.METRICS_PLANNER`` (``gateway/control.py``);
+3. per node ``inferq:node:<id>`` and its heartbeat key (its value is the node's clock at the
+   last beat); per (deployment, node) placed or targeted, one ``FIGURES_SCRIPT`` call: the
+   stats hash (``keys.stats``: ``shared/lua/stats.lua`` counters and the worker's
+   histograms), the cache's ``meta`` hash and ``LLEN`` of the queue, packed by Redis into one
+   MessagePack string (parsing thousands of RESP elements in Python cost ten times more CPU).
+
+No SCAN: an allocation's in-flight items (its processing list) are not counted, only what
+waits in the queue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+
+from gateway.request_metrics import GatewayFigures, parse_gateway_hash
+from shared import keys
+from shared.assignment import assignment_state
+from shared.cache import CacheStats, meta_key, parse_meta
+from shared.cluster_view import DeploymentView, load_view
+from shared.histograms import BATCH_SIZE, FORWARD_SECONDS, Histogram
+from shared.node_registry import NodeInfo
+from shared.redis_conn import text
+from shared.stats import NodeCounters, parse_counters
+
+
+@dataclass(frozen=True)
+class NodeFigures:
+    node_id: str
+    alive: bool
+    processors: int
+    memory_bytes: int
+    heartbeat_age_s: float | None  # None once the heartbeat key expired
+    allocations: int = 0  # started allocations over every deployment
+    allocated_processors: int = 0  # allocations x threads per allocation
+
+
+@dataclass(frozen=True)
+class PlacementFigures:
+    """One deployment on one node."""
+
+    node_id: str
+    routing_state: str
+    allocations: int
+    target_allocations: int
+    threads_per_allocation: int
+    queue_depth: int
+    counters: NodeCounters
+    cache: CacheStats
+    batch_size: Histogram
+    forward_seconds: Histogram
+
+
+@dataclass(frozen=True)
+class DeploymentFigures:
+    deployment_id: str
+    model_id: str
+    state: str
+    number_of_allocations: int  # requested
+    queue_capacity: int  # per node
+    cache_budget_bytes: int  # per node
+    placements: list[PlacementFigures] = field(default_factory=list)
+
+    @property
+    def allocations(self) -> int:
+        return sum(p.allocations for p in self.placements if p.routing_state == "started")
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(p.queue_depth for p in self.placements)
+
+    @property
+    def queue_capacity_total(self) -> int:
+        return self.queue_capacity * len(self.placements)
+
+    @property
+    def cache_used_bytes(self) -> int:
+        return sum(p.cache.used_bytes for p in self.placements)
+
+    @property
+    def cache_budget_total_bytes(self) -> int:
+        return self.cache_budget_bytes * len(self.placements)
+
+    @property
+    def inference_count(self) -> int:
+        return sum(p.counters.inference_count for p in self.placements)
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(p.cache.hits for p in self.placements)
+
+    @property
+    def cache_misses(self) -> int:
+        return sum(p.cache.misses for p in self.placements)
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    time_ms: int
+    nodes: list[NodeFigures]
+    deployments: list[DeploymentFigures]
+    gateway: GatewayFigures
+    planner_actions: dict[str, int]
+    read_seconds: float
+
+
+# KEYS (one {dep|node} hash tag): stats, cache meta, queue.  Returns msgpack
+# [stats HGETALL as a flat array, meta HGETALL as a flat array, queue length].
+FIGURES_SCRIPT = (
+    "return cmsgpack.pack({redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), "
+    "redis.call('LLEN', KEYS[3])})"
+)
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    items: Sequence[Any] = flat if isinstance(flat, list) else []
+    return {str(items[i]): str(items[i + 1]) for i in range(0, len(items) - 1, 2)}
+
+
+def unpack_figures(raw: bytes) -> tuple[dict[str, str], dict[str, str], int]:
+    """The stats hash, the cache meta hash and the queue length of one ``FIGURES_SCRIPT`` reply."""
+    stats, meta, depth = msgpack.unpackb(raw, raw=False, unicode_errors="replace")
+    return _pairs(stats), _pairs(meta), int(depth)
+
+
+def placed_nodes(view: DeploymentView) -> list[str]:
+    """Nodes the deployment runs on or is meant to: its routes and its positive targets."""
+    targets: dict[str, int] = view.doc.get("targets", {})
+    return sorted(set(view.routes) | {node for node, n in targets.items() if n > 0})
+
+
+async def read_snapshot(client: aioredis.Redis) -> ClusterSnapshot:
+    started = time.perf_counter()
+    view = await load_view(client)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.smembers(keys.NODES)
+        pipe.hgetall(keys.METRICS_GATEWAY)
+        pipe.hgetall(keys.METRICS_PLANNER)
+        raw_nodes, raw_gateway, raw_planner = await pipe.execute()
+    node_ids = sorted(text(n) for n in raw_nodes)
+    views = [view.deployments[d] for d in sorted(view.deployments)]
+    pairs = [(dv, node) for dv in views for node in placed_nodes(dv)]
+    sha = await client.script_load(FIGURES_SCRIPT) if pairs else ""
+    async with client.pipeline(transaction=False) as pipe:
+        for node_id in node_ids:
+            pipe.hgetall(keys.node_info(node_id))
+            pipe.get(keys.node_heartbeat(node_id))
+        for dv, node in pairs:
+            dn = (dv.deployment_id, node)
+            pipe.evalsha(sha, 3, keys.stats(*dn), meta_key(keys.cache_prefix(*dn)), keys.queue(*dn))
+        replies = iter(await pipe.execute())
+    now_ms = int(time.time() * 1000)
+
+    infos: dict[str, tuple[NodeInfo, bytes | None]] = {}
+    for node_id in node_ids:
+        info, beat = next(replies), next(replies)
+        infos[node_id] = (NodeInfo.from_hash(node_id, info or {}), beat)
+
+    deployments: list[DeploymentFigures] = []
+    placements_by_dep: dict[str, list[PlacementFigures]] = {}
+    for dv, node in pairs:
+        stats_fields, meta, depth = unpack_figures(next(replies))
+        route = dv.routes.get(node)
+        targets: dict[str, int] = dv.doc.get("targets", {})
+        placements_by_dep.setdefault(dv.deployment_id, []).append(
+            PlacementFigures(
+                node_id=node,
+                routing_state=route.routing_state if route else "starting",
+                allocations=route.current_allocations if route else 0,
+                target_allocations=int(targets.get(node, 0)),
+                threads_per_allocation=route.threads_per_allocation if route else 0,
+                queue_depth=depth,
+                counters=parse_counters(stats_fields),  # type: ignore[arg-type]  # Mapping is invariant in its key
+                cache=parse_meta(meta, dv.cache_size_bytes),
+                batch_size=BATCH_SIZE.read(stats_fields),
+                forward_seconds=FORWARD_SECONDS.read(stats_fields),
+            )
+        )
+    for dv in views:
+        params = dv.doc.get("task_parameters", {})
+        deployments.append(
+            DeploymentFigures(
+                deployment_id=dv.deployment_id,
+                model_id=dv.model_id,
+                state=assignment_state(dv.doc, dv.routes),
+                number_of_allocations=int(params.get("number_of_allocations", 0)),
+                queue_capacity=dv.queue_capacity,
+                cache_budget_bytes=dv.cache_size_bytes,
+                placements=placements_by_dep.get(dv.deployment_id, []),
+            )
+        )
+
+    nodes: list[NodeFigures] = []
+    for node_id, (info, beat) in infos.items():
+        running = [
+            p for d in deployments for p in d.placements if p.node_id == node_id and p.routing_state == "started"
+        ]
+        nodes.append(
+            NodeFigures(
+                node_id=node_id,
+                alive=beat is not None,
+                processors=info.processors,
+                memory_bytes=info.memory_bytes,
+                heartbeat_age_s=max(0.0, (now_ms - int(beat)) / 1000) if beat is not None else None,
+                allocations=sum(p.allocations for p in running),
+                allocated_processors=sum(p.allocations * p.threads_per_allocation for p in running),
+            )
+        )
+    planner = {text(k): int(float(text(v))) for k, v in raw_planner.items()}
+    return ClusterSnapshot(
+        time_ms=now_ms,
+        nodes=nodes,
+        deployments=deployments,
+        gateway=parse_gateway_hash(raw_gateway).only(set(view.deployments)),
+        planner_actions=planner,
+        read_seconds=time.perf_counter() - started,
+    )
