@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway import auth, deployments_api, infer_api, models_api, stats_api
+from gateway import auth, deployments_api, infer_api, info_api, models_api, stats_api
 from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
 from gateway.control import ControlPlane, planner_loop
 from gateway.http import check_params, error_middleware, json_response
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 ML = "/_ml/trained_models"
 GC_GEN0_THRESHOLD = 20_000
+SHUTDOWN_TIMEOUT_S = 2.0  # Ctrl-C: in-flight requests get this long before their connections close
 
 
 async def root(request: web.Request) -> web.Response:
@@ -55,6 +56,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post(ML + "/{model_id}/_infer", infer_api.infer)
     r.add_post(ML + "/{model_id}/deployment/_infer", infer_api.infer_deployment_legacy)
     r.add_get("/", root)  # aiohttp adds HEAD for GET routes
+    r.add_get("/_ml/info", info_api.ml_info)
     r.add_get(ML, models_api.get_models)
     r.add_get(ML + "/", models_api.get_models)
     r.add_get(f"{ML}/_stats", stats_api.get_stats)
@@ -117,7 +119,8 @@ async def _settle_heap(app: web.Application) -> None:
 
 
 def run(settings: GatewaySettings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(message)s")
     app = create_app(settings)
     app.on_startup.append(_settle_heap)
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None)
+    web.run_app(
+        app, host=settings.host, port=settings.port, access_log=None, print=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    )

@@ -1,10 +1,16 @@
 """``inferq cluster``: a whole local cluster as child processes of one supervisor.
 
-Redis: ``--redis-url``/``REDIS_URL`` if given; else a server already answering on
-127.0.0.1:6379; else a private ``redis-server`` on a free port (installed from Debian's
-packages first when it is absent and we are root). Then one gateway, N worker nodes and an
-RQ bulk worker; optionally the demo model is imported and deployed. SIGINT/SIGTERM stop
-every child (SIGTERM, then SIGKILL after a grace period), so nothing is left running.
+Redis: ``--redis-url`` if given (a Redis of yours: what the cluster stores stays there after
+it stops); else a private ``redis-server`` on a free port with its files in a temporary folder,
+deleted on exit (installed from Debian's packages first when it is absent and we are root), so
+every run starts clean and no other Redis is touched. Then one gateway, N worker nodes and an
+RQ bulk worker; optionally the demo model is imported and deployed. The ready line names the
+Redis and what stays in it.
+
+Children run in their own process group, so a Ctrl-C reaches only this supervisor, which stops
+them in order: the gateway, nodes and bulk worker first (SIGTERM; SIGKILL for any still running
+after ``GRACE_S``), Redis last, so nodes can deregister. The whole stop takes at most about
+``2 × GRACE_S`` (``benchmarks/shutdown.py`` measures it).
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 DEMO_MODEL_ID = "all-minilm-l6-v2"
-GRACE_S = 15.0
+GRACE_S = 2.5
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -64,7 +71,7 @@ def ensure_redis_server_binary() -> str:
         binary = shutil.which("redis-server")
         if binary:
             return binary
-    raise SystemExit("inferq: redis-server not found; install it or set REDIS_URL")
+    raise SystemExit("inferq: redis-server not found; install it (apt-get install redis-server) or pass --redis-url")
 
 
 class Supervisor:
@@ -73,20 +80,28 @@ class Supervisor:
         self.stopping = False
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})})
+        # own process group: the terminal's Ctrl-C goes to the supervisor only, which stops
+        # children in order (a Redis that got SIGINT first would strand deregistering nodes)
+        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, process_group=0)
         self.children.append((name, proc))
         return proc
 
     def stop_all(self) -> None:
+        """Services first, then Redis; each group gets ``GRACE_S`` before SIGKILL."""
         self.stopping = True
-        for _, proc in reversed(self.children):
+        services = [(n, p) for n, p in self.children if n != "redis-server"]
+        self._stop([p for _, p in services])
+        self._stop([p for n, p in self.children if n == "redis-server"])
+
+    @staticmethod
+    def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + GRACE_S
-        for _, proc in self.children:
-            remaining = max(0.1, deadline - time.monotonic())
+        for proc in procs:
             try:
-                proc.wait(timeout=remaining)
+                proc.wait(timeout=max(0.01, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -127,6 +142,30 @@ def _demo_serving(stats: dict[str, Any]) -> bool:
     return deployment.get("allocation_status", {}).get("state") in ("started", "fully_allocated")
 
 
+KEPT = "models, deployments, caches, bulk results"
+
+
+def redis_note(url: str, *, private: bool, fresh: bool) -> str:
+    """The ready line's account of Redis: where (never a password) and what stays there."""
+    parsed = urllib.parse.urlsplit(url)
+    where = f"redis://{parsed.hostname}:{parsed.port or 6379}/{parsed.path.lstrip('/') or '0'}"
+    if private:
+        return f"redis {where} (private to this run, deleted on Ctrl-C)"
+    emptied = "emptied by --fresh; " if fresh else ""
+    return f"redis {where} (yours: {emptied}{KEPT} stay there after Ctrl-C; --fresh empties it first)"
+
+
+def _flush(url: str) -> None:
+    """``--fresh``: the cluster's whole database, emptied before anything starts."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
 def ensure_demo_model(base_url: str) -> None:
     status, _ = _http("GET", f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}")
     if status == 404:
@@ -161,7 +200,15 @@ def ensure_demo_model(base_url: str) -> None:
 
 
 def run_cluster(
-    *, nodes: int, processors: int, port: int, redis_url: str | None, demo_model: bool, bulk_worker: bool
+    *,
+    nodes: int,
+    processors: int,
+    port: int,
+    redis_url: str | None,
+    demo_model: bool,
+    bulk_worker: bool,
+    log_level: str = "warning",
+    fresh: bool = False,
 ) -> int:
     supervisor = Supervisor()
 
@@ -172,27 +219,37 @@ def run_cluster(
     signal.signal(signal.SIGINT, on_signal)
     workdir = Path(tempfile.mkdtemp(prefix="inferq-cluster-"))
     try:
-        url = redis_url or os.environ.get("REDIS_URL") or ""
-        if not url:
-            if _redis_answers("redis://127.0.0.1:6379/0"):
-                url = "redis://127.0.0.1:6379/0"
-            else:
-                redis_port = _free_port()
-                supervisor.spawn(
-                    "redis-server",
-                    [ensure_redis_server_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                     "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"],
-                )
-                url = f"redis://127.0.0.1:{redis_port}/0"
-                deadline = time.monotonic() + 10
-                while not _redis_answers(url):
-                    if time.monotonic() > deadline:
-                        raise SystemExit("inferq: redis-server did not start")
-                    time.sleep(0.05)
         if _port_open("127.0.0.1", port):
-            raise SystemExit(f"inferq: port {port} is already in use")
+            raise SystemExit(
+                f"inferq: port {port} is already in use (another inferq or Elasticsearch?); "
+                "pick another with --port or INFERQ_PORT"
+            )
+        if redis_url:
+            if not _redis_answers(redis_url):
+                raise SystemExit(f"inferq: no Redis answers at {redis_url} (--redis-url / INFERQ_REDIS_URL)")
+            url = redis_url
+        else:
+            redis_port = _free_port()
+            supervisor.spawn(
+                "redis-server",
+                [ensure_redis_server_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(workdir), "--loglevel", "warning"],
+            )
+            url = f"redis://127.0.0.1:{redis_port}/0"
+            deadline = time.monotonic() + 10
+            while not _redis_answers(url):
+                if time.monotonic() > deadline:
+                    raise SystemExit("inferq: redis-server did not start")
+                time.sleep(0.05)
+        if fresh:
+            _flush(url)
+        kept = redis_note(url, private=not redis_url, fresh=fresh)
         python = sys.executable
-        env = {"INFERQ_REDIS_URL": url, "MALLOC_ARENA_MAX": "1"}  # one malloc arena: allocations share memory
+        env = {
+            "INFERQ_REDIS_URL": url,
+            "INFERQ_LOG_LEVEL": log_level,
+            "MALLOC_ARENA_MAX": "1",  # one malloc arena: allocations share memory
+        }
         supervisor.spawn("gateway", [python, "-m", "shared.cli", "gateway", "--port", str(port)], env)
         for i in range(1, nodes + 1):
             supervisor.spawn(
@@ -212,7 +269,7 @@ def run_cluster(
             )
         else:
             example = f"curl -s {base_url}/_ml/trained_models/_stats"
-        print(f"inferq ready: gateway {base_url}, {nodes} nodes, redis {url} — try: {example}", flush=True)
+        print(f"inferq ready: gateway {base_url}, {nodes} nodes, {kept} — try: {example}", flush=True)
         while True:
             died = supervisor.any_died()
             if died:
@@ -222,5 +279,7 @@ def run_cluster(
     except KeyboardInterrupt:
         return 0
     finally:
+        began = time.monotonic()
         supervisor.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
+        print(f"inferq: stopped ({time.monotonic() - began:.1f}s)", file=sys.stderr, flush=True)

@@ -681,11 +681,22 @@ class BulkWorker(SimpleWorker):
                 log.warning("bulk job heartbeat failed: %s", exc)
 
 
+class _MaintenanceNoise(logging.Filter):
+    """RQ says "cleaning registries for queue" at INFO on every maintenance pass (every
+    ``maintenance_interval_s``): routine, so it shows only at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "cleaning registries" in str(record.msg).lower():
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def run_bulk_worker(
-    redis_url: str, *, settings: BulkWorkerSettings | None = None, burst: bool = False
+    redis_url: str, *, settings: BulkWorkerSettings | None = None, burst: bool = False, log_level: str = "info"
 ) -> int:
     """Run an RQ worker for bulk jobs until SIGTERM/SIGINT (``inferq bulk-worker``)."""
     settings = settings or BulkWorkerSettings.from_env()
+    logging.getLogger("rq.worker").addFilter(_MaintenanceNoise())
     if settings.nice:
         os.nice(settings.nice)
     connection = redis.Redis.from_url(redis_url)
@@ -699,5 +710,5 @@ def run_bulk_worker(
         worker_ttl=settings.idle_poll_s + 15,  # RQ blocks for worker_ttl - 15 s between wake-ups
         maintenance_interval=settings.maintenance_interval_s,
     )
-    worker.work(burst=burst, logging_level="INFO")
+    worker.work(burst=burst, logging_level=log_level.upper())
     return 0
