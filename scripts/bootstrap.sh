@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make the project runnable on a fresh Debian machine: a venv with the project installed,
-# and redis-server on PATH (installed from Debian's packages when absent and we are root).
+# and redis-server and curl on PATH (installed from Debian's packages when absent and we are root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -18,6 +18,9 @@ apt_install() {
 
 if ! command -v redis-server >/dev/null; then
   apt_install redis-server
+fi
+if ! command -v curl >/dev/null; then  # the README's commands (and tests/integration/test_readme.py)
+  apt_install curl
 fi
 
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then

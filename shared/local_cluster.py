@@ -1,7 +1,8 @@
 """``inferq cluster``: a whole local cluster as child processes of one supervisor.
 
 Redis: ``--redis-url`` if given (a Redis of yours: what the cluster stores stays there after
-it stops); else a private ``redis-server`` on a free port with its files in a temporary folder,
+it stops); else a private ``redis-server`` on port 6380 (any free port when 6380 is taken) with
+its files in a temporary folder,
 deleted on exit (installed from Debian's packages first when it is absent and we are root), so
 every run starts clean and no other Redis is touched. Then one gateway, N worker nodes and an
 RQ bulk worker; optionally the demo model is imported and deployed. The ready line names the
@@ -33,6 +34,7 @@ from typing import Any
 
 DEMO_MODEL_ID = "all-minilm-l6-v2"
 GRACE_S = 2.5
+PRIVATE_REDIS_PORT = 6380  # when free (else any free port): README commands can name it
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -224,7 +226,7 @@ def run_cluster(
                 raise SystemExit(f"inferq: no Redis answers at {redis_url} (--redis-url / INFERQ_REDIS_URL)")
             url = redis_url
         else:
-            redis_port = _free_port()
+            redis_port = PRIVATE_REDIS_PORT if not _port_open("127.0.0.1", PRIVATE_REDIS_PORT) else _free_port()
             supervisor.spawn(
                 "redis-server",
                 [ensure_redis_server_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",

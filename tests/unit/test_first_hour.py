@@ -14,7 +14,13 @@ from shared.errors import BadRequest, render_value
 from shared.local_cluster import redis_note
 from shared.node_registry import NodeInfo
 from shared.task_config import read_input_text
-from workers.importer import START_ACTION, UPLOAD_ACTIONS, capacity_problem, privilege_problem, required_actions
+from workers.importer import (
+    START_ACTION,
+    UPLOAD_ACTIONS,
+    capacity_problem,
+    privilege_problem,
+    required_actions,
+)
 
 URL = "http://127.0.0.1:9200"
 
