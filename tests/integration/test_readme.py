@@ -64,19 +64,21 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def make_run() -> Iterator[Cluster]:
+def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "cluster", "--nodes", "2", "--demo-model", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-    )  # fmt: skip
+    log = tmp_path_factory.mktemp("make-run") / "stderr.txt"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "cluster", "--nodes", "2", "--demo-model", "--port", str(port)],
+            env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+        )  # fmt: skip
     assert proc.stdout is not None
     try:
         began, line = time.monotonic(), ""
         while "inferq ready" not in line:
             line = proc.stdout.readline()
-            assert line or proc.poll() is None, "the cluster exited before it was ready"
+            assert line or proc.poll() is None, f"the cluster exited before it was ready:\n{log.read_text()[-3000:]}"
             assert time.monotonic() - began < 300, "the cluster was not ready within 300 s"
         print(f"make run: ready after {time.monotonic() - began:.1f}s: {line.strip()}")
         gateway = re.search(r"gateway http://(\S+?),", line)
@@ -84,7 +86,8 @@ def make_run() -> Iterator[Cluster]:
         assert gateway is not None and redis_url is not None, line
         yield Cluster(gateway.group(1), redis_url.group(1))
     finally:
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
         proc.wait(timeout=30)
         proc.stdout.close()
 
