@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 setup:
 	@./scripts/bootstrap.sh
 
+# more options: make run ARGS="--processors 2 --log-level info" (inferq cluster --help)
 run: setup
-	$(BIN)/inferq cluster --nodes 2 --demo-model
+	$(BIN)/inferq cluster --nodes 2 --demo-model $(ARGS)
 
 test: setup
 	$(BIN)/pytest -q
@@ -16,8 +17,10 @@ test: setup
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
+# Writes under benchmarks/results/ only (ignored by git); docs/benchmark.png is the published chart.
 bench: setup
-	$(BIN)/python -m benchmarks.throughput
+	@command -v wrk >/dev/null || echo "make bench: wrk is missing; it will be installed with apt-get (as root) or you will be asked to install it"
+	$(BIN)/python -m benchmarks.throughput --chart benchmarks/results/benchmark.png
 
 lint: setup
 	$(BIN)/ruff check .

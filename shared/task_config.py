@@ -21,6 +21,7 @@ from shared.errors import (
     BadRequest,
     ValidationCollector,
     XContentParseError,
+    render_value,
 )
 
 TASK_TYPES: tuple[str, ...] = (
@@ -581,5 +582,5 @@ def read_input_text(doc: Mapping[str, Any], field_names: Sequence[str]) -> str:
     if value is _MISSING:
         raise BadRequest(f"Input field [{field}] does not exist in the source document")
     if not isinstance(value, str):
-        raise BadRequest(f"Input value [{value}] for field [{field}] must be a string")
+        raise BadRequest(f"Input value [{render_value(value)}] for field [{field}] must be a string")
     return value

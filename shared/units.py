@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from shared.errors import IllegalArgument, ParseError
+from shared.errors import IllegalArgument, ParseError, render_value
 
 _BYTE_UNITS: dict[str, int] = {
     "b": 1,
@@ -37,27 +37,27 @@ _TIME_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(nanos|micros|ms|s|m|h|d)\s*$")
 def parse_byte_size(value: str | int, setting: str = "cache_size") -> int:
     """'100mb' -> 104857600. A bare number is bytes. Bad values raise a 400 parse_exception."""
     if isinstance(value, bool):
-        raise ParseError(f"failed to parse setting [{setting}] with value [{value}] as a size in bytes")
+        raise ParseError(f"failed to parse setting [{setting}] with value [{render_value(value)}] as a size in bytes")
     if isinstance(value, int):
         if value < 0 and value != -1:
-            raise ParseError(f"failed to parse setting [{setting}] with value [{value}] as a size in bytes")
+            raise ParseError(f"failed to parse setting [{setting}] with value [{render_value(value)}] as a size in bytes")
         return value
     text = str(value).strip().lower()
     match = _BYTE_RE.match(text)
     if match is None or (match.group(2) and match.group(2) not in _BYTE_UNITS):
         raise ParseError(
-            f"failed to parse setting [{setting}] with value [{value}] as a size in bytes: "
+            f"failed to parse setting [{setting}] with value [{render_value(value)}] as a size in bytes: "
             "unit is missing or unrecognized"
         )
     number, unit = match.group(1), match.group(2) or "b"
     if not match.group(2) and text not in ("0", "-1"):
         raise ParseError(
-            f"failed to parse setting [{setting}] with value [{value}] as a size in bytes: "
+            f"failed to parse setting [{setting}] with value [{render_value(value)}] as a size in bytes: "
             "unit is missing or unrecognized"
         )
     amount = float(number) * _BYTE_UNITS[unit]
     if amount < 0:
-        raise ParseError(f"failed to parse setting [{setting}] with value [{value}] as a size in bytes")
+        raise ParseError(f"failed to parse setting [{setting}] with value [{render_value(value)}] as a size in bytes")
     return int(amount)
 
 
@@ -78,7 +78,7 @@ def parse_time_ms(value: str | int | float, setting: str = "timeout") -> float:
     """'30s' -> 30000.0. A bad value raises 400 illegal_argument_exception with ES's message;
     so does one past ``MAX_TIME_MS`` (``1e30``, ``"99999999999999999999d"``), NaN or infinity."""
     if isinstance(value, bool):
-        raise IllegalArgument(f"failed to parse setting [{setting}] with value [{value}] as a time value")
+        raise IllegalArgument(f"failed to parse setting [{setting}] with value [{render_value(value)}] as a time value")
     if isinstance(value, (int, float)):
         return _bounded_ms(float(value), value, setting)
     text = str(value).strip().lower()
@@ -87,7 +87,7 @@ def parse_time_ms(value: str | int | float, setting: str = "timeout") -> float:
     match = _TIME_RE.match(text)
     if match is None:
         raise IllegalArgument(
-            f"failed to parse setting [{setting}] with value [{value}] as a time value: "
+            f"failed to parse setting [{setting}] with value [{render_value(value)}] as a time value: "
             "unit is missing or unrecognized"
         )
     return _bounded_ms(float(match.group(1)) * _TIME_UNITS_MS[match.group(2)], value, setting)

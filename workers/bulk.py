@@ -10,7 +10,8 @@ Results: a list of documents goes back as the job's result (``job.return_value()
 unless ``output_path`` is given; a JSONL input (one ``_infer`` doc per line) always goes to a
 JSONL output (default ``<input stem>.results.jsonl``), one line per document, in order, the same
 entries. The worker and the caller must see the same file system for paths. Progress is in
-``job.meta`` (``done``, ``total``, ``errors``, ``resumed_from``).
+``job.meta`` (``done``, ``total``, ``errors``, ``resumed_from``); ``wait_for_job`` shows it as a
+progress bar until the job ends. The API, with examples: docs/bulk.md.
 
 Fairness to interactive ``_infer`` traffic (both bounds hold per job; see ``BulkOptions``):
 
@@ -68,6 +69,7 @@ import contextvars
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -617,6 +619,33 @@ def fetch_job(redis_conn: redis.Redis, job_id: str) -> Job:
     return Job.fetch(job_id, connection=redis_conn, serializer=MsgpackSerializer)
 
 
+FINAL_STATUSES = frozenset({"finished", "failed", "stopped", "canceled"})
+
+
+def wait_for_job(job: Job, *, timeout_s: float | None = None, poll_s: float = 0.2, progress: bool = True) -> str:
+    """Block until ``job`` ends (``finished``, ``failed``, ...) and return its status; with
+    ``progress`` a tqdm bar on stderr follows ``job.meta`` (documents done of total, errors).
+    A timeout raises ``TimeoutError`` and leaves the job running."""
+    from tqdm import tqdm
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    bar = tqdm(total=job.meta.get("total"), unit="doc", desc=f"bulk {job.id[:8]}", file=sys.stderr, disable=not progress)
+    try:
+        while (status := str(job.get_status(refresh=True).value)) not in FINAL_STATUSES:
+            meta = job.get_meta(refresh=True)
+            bar.total = meta.get("total") or bar.total
+            bar.update(int(meta.get("done") or 0) - bar.n)
+            bar.set_postfix(errors=int(meta.get("errors") or 0), refresh=False)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"bulk job {job.id} still {status} after {timeout_s}s")
+            time.sleep(poll_s)
+        meta = job.get_meta(refresh=True)
+        bar.update(int(meta.get("done") or 0) - bar.n)
+        return status
+    finally:
+        bar.close()
+
+
 # ---- the worker ------------------------------------------------------------------------------
 
 
@@ -688,11 +717,22 @@ class BulkWorker(SimpleWorker):
                 log.warning("bulk job heartbeat failed: %s", exc)
 
 
+class _MaintenanceNoise(logging.Filter):
+    """RQ says "cleaning registries for queue" at INFO on every maintenance pass (every
+    ``maintenance_interval_s``): routine, so it shows only at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "cleaning registries" in str(record.msg).lower():
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def run_bulk_worker(
-    redis_url: str, *, settings: BulkWorkerSettings | None = None, burst: bool = False
+    redis_url: str, *, settings: BulkWorkerSettings | None = None, burst: bool = False, log_level: str = "info"
 ) -> int:
     """Run an RQ worker for bulk jobs until SIGTERM/SIGINT (``inferq bulk-worker``)."""
     settings = settings or BulkWorkerSettings.from_env()
+    logging.getLogger("rq.worker").addFilter(_MaintenanceNoise())
     if settings.nice:
         os.nice(settings.nice)
     connection = redis.Redis.from_url(redis_url)
@@ -706,5 +746,5 @@ def run_bulk_worker(
         worker_ttl=settings.idle_poll_s + 15,  # RQ blocks for worker_ttl - 15 s between wake-ups
         maintenance_interval=settings.maintenance_interval_s,
     )
-    worker.work(burst=burst, logging_level="INFO")
+    worker.work(burst=burst, logging_level=log_level.upper())
     return 0

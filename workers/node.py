@@ -33,6 +33,8 @@ from workers.runtime import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE_S = 2.0  # SIGTERM: how long in-flight batches get to finish
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -320,10 +322,12 @@ class Node:
         self._wake.set()
 
     def shutdown(self) -> None:
-        """Two phases: stop taking work and finish in-flight batches, then deregister."""
+        """Two phases: stop taking work and finish in-flight batches (for at most
+        ``STOP_GRACE_S``: what is still running then is requeued by the next node that starts
+        or takes over), then deregister."""
         for runner in self.runners.values():
             runner.stop()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + STOP_GRACE_S
         while time.monotonic() < deadline and not all(r.finished or not r.allocations for r in self.runners.values()):
             time.sleep(0.05)
         for deployment_id in list(self.runners):
@@ -331,7 +335,10 @@ class Node:
                 self.store.drop_route(deployment_id, self.node_id)
             except redis.RedisError:
                 pass
-        node_registry.deregister(self.client, self.node_id)
+        try:
+            node_registry.deregister(self.client, self.node_id)
+        except redis.RedisError as exc:  # Redis went first: the heartbeat key expires by itself
+            log.warning("could not deregister: %s", exc)
         self.heartbeat.stop()
         log.info("node %s stopped", self.node_id)
 
@@ -350,7 +357,6 @@ def confine(settings: WorkerSettings) -> None:
 
 
 def run(settings: WorkerSettings) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {settings.node_id} %(levelname)s %(message)s")
     confine(settings)
     node = Node(settings)
     signal.signal(signal.SIGTERM, node.request_stop)

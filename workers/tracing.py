@@ -18,10 +18,14 @@ lazily so that importing ``workers`` stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import json
+import os
 import random
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,6 +256,39 @@ def _random_inputs(tokenizer: Any, kind: str, max_len: int) -> tuple[Any, ...]:
     return (input_ids, attention_mask, token_type_ids, torch.arange(input_ids.size(1)).unsqueeze(0))
 
 
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: torch's profiler prints ``USDT: profiler_start/stop``
+    from C++ on every run, whatever ``KINETO_LOG_LEVEL`` says."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """What tracing always says and never matters: torch's TracerWarnings (eland's traces have
+    them too) and transformers' ``loss_type=None`` notice (a training setting, read when
+    ``torch.jit`` walks the model's attributes)."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()  # type: ignore[no-untyped-call]
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    try:
+        with warnings.catch_warnings():
+            import torch
+
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)  # type: ignore[no-untyped-call]
+
+
 def _memory_metadata(wrapper: Any, tokenizer: Any, kind: str, max_len: int) -> dict[str, int]:
     """eland's per-deployment (weights) and per-allocation (profiled transient) memory."""
     import torch
@@ -264,8 +301,9 @@ def _memory_metadata(wrapper: Any, tokenizer: Any, kind: str, max_len: int) -> d
         from torch.profiler import ProfilerActivity, profile
 
         inputs = _random_inputs(tokenizer, kind, max_len)
-        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            wrapper(*inputs)
+        with _stderr_silenced(), torch.inference_mode():
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                wrapper(*inputs)
         per_allocation = int(prof.key_averages().total_average().cpu_memory_usage)
     except Exception:  # noqa: BLE001 - the estimate is advisory; never fail an upload on it
         per_allocation = 0
@@ -275,10 +313,26 @@ def _memory_metadata(wrapper: Any, tokenizer: Any, kind: str, max_len: int) -> d
     }
 
 
+TRACING_STEPS = ("tokenizer", "model", "trace", "freeze", "save", "memory")
+
+
 def trace_hf_model(
-    model_dir: str | Path, task_type: str, *, max_sequence_length: int | None = None
+    model_dir: str | Path,
+    task_type: str,
+    *,
+    max_sequence_length: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> TracedModel:
-    """Trace ``model_dir`` for ``task_type`` as eland does; see the module docstring."""
+    """Trace ``model_dir`` for ``task_type`` as eland does; see the module docstring.
+
+    ``progress`` is called with each name of ``TRACING_STEPS`` as that step begins."""
+    with _quiet_tracing():
+        return _trace(Path(model_dir), task_type, max_sequence_length, progress or (lambda step: None))
+
+
+def _trace(
+    model_dir: Path, task_type: str, max_sequence_length: int | None, progress: Callable[[str], None]
+) -> TracedModel:
     import torch
     import transformers
 
@@ -287,17 +341,21 @@ def trace_hf_model(
         raise ValueError(
             f"Task {task_type} is not supported, must be one of: {', '.join(sorted(TASK_TYPES))}"
         )
-    model_dir = Path(model_dir)
+    progress("tokenizer")
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)  # type: ignore[no-untyped-call]
     kind = tokenizer_kind(tokenizer)
     max_len = max_sequence_length or _max_sequence_length(tokenizer, kind)
 
+    progress("model")
     wrapper = _build_wrapper(model_dir, task_type, kind)
     example = _example_inputs(tokenizer, kind, task_type, max_len)
     with torch.no_grad():
+        progress("trace")
         traced = torch.jit.trace(wrapper, example_inputs=example)  # type: ignore[no-untyped-call]
+        progress("freeze")
         traced = torch.jit.freeze(traced.eval())
         sample = wrapper(*example)
+    progress("save")
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer)
 
@@ -320,6 +378,7 @@ def trace_hf_model(
     if task_type == "text_embedding":
         task_config["embedding_size"] = int(sample.size(-1))
 
+    progress("memory")
     config = {
         "description": f"Model {model_dir} for task type '{task_type}'",
         "model_type": "pytorch",

@@ -44,3 +44,23 @@ def test_every_inferq_service_command_parses(name: str) -> None:
         assert args.node_id and args.processors >= 1
     if args.command in {"gateway", "worker", "bulk-worker"}:
         assert args.redis_url == "redis://redis:6379/0"
+
+
+def test_one_image_for_every_inferq_service() -> None:
+    built = {name: s for name, s in services().items() if s.get("build")}
+    assert {s.get("image") for s in built.values()} == {"inferq:local"}
+
+
+def test_healthchecks_gate_the_start_order() -> None:
+    found = services()
+    for name in ("redis", "gateway", "node-1", "node-2"):
+        check = found[name]["healthcheck"]
+        assert isinstance(check, dict) and check["test"][0] == "CMD", name
+        if check["test"][1] == "python":  # the probe is Python: it must at least compile
+            compile(check["test"][3], f"{name}-healthcheck", "exec")
+    for name in ("gateway", "node-1", "node-2", "bulk-worker"):
+        assert found[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}, name
+    importer = found["importer"]["depends_on"]
+    assert isinstance(importer, dict)
+    assert importer["gateway"] == {"condition": "service_healthy"}
+    assert {"node-1", "node-2"} <= set(importer)
