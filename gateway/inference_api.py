@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import inference_config as ic
+from gateway import inference_request as ir
 from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
 from gateway.http import check_params, json_response, query_bool, read_object
 from gateway.infer_api import check_limits
@@ -303,7 +304,7 @@ async def infer(request: web.Request) -> web.Response:
             f"Incompatible task_type, the requested type [{url_task}] does not match the model type [{task_type}]"
         )
     body = await read_object(request, required=True)
-    parsed = ic.parse_inference_request(task_type, body)
+    parsed = ir.parse_inference_request(task_type, body)
     check_limits(request.app[SETTINGS], [{"input": t} for t in parsed.inputs])  # _infer's limits
     check_limits(request.app[SETTINGS], [{"query": parsed.query or ""}])
     timeout_ms = _timeout_ms(request, parsed.timeout)
@@ -313,7 +314,7 @@ async def infer(request: web.Request) -> web.Response:
         results, field = await _infer(request, deployment_id, parsed.inputs, override, timeout_ms)
         settings = ic.parse_rerank_task_settings(dict(doc.get("task_settings") or {}) | parsed.task_settings)
         return_documents = settings["return_documents"] if parsed.return_documents is None else parsed.return_documents
-        payload = ic.render_rerank(results, field, parsed.inputs, return_documents=return_documents, top_n=parsed.top_n)
+        payload = ir.render_rerank(results, field, parsed.inputs, return_documents=return_documents, top_n=parsed.top_n)
     else:
         if parsed.task_settings:
             raise BadRequest(
@@ -321,7 +322,7 @@ async def infer(request: web.Request) -> web.Response:
                 "service"
             )
         results, field = await _infer(request, deployment_id, parsed.inputs, None, timeout_ms)
-        render = ic.render_text_embedding if task_type == "text_embedding" else ic.render_sparse_embedding
+        render = ir.render_text_embedding if task_type == "text_embedding" else ir.render_sparse_embedding
         payload = render(results, field)
     return json_response(request, payload)
 

@@ -1,4 +1,4 @@
-"""Inference endpoint settings and requests, the way Elasticsearch 9's inference plugin parses
+"""Inference endpoint settings, the way Elasticsearch 9's inference plugin parses
 them (pure: no I/O).
 
 - ``parse_endpoint``: the body of ``PUT _inference[/<task_type>]/<id>`` for the ``elasticsearch``
@@ -8,9 +8,9 @@ them (pure: no I/O).
   a missing ``model_id``).
 - ``parse_chunking``: ``chunking_settings`` (``ChunkingSettingsBuilder``): ``sentence`` (the
   default, 250 words, overlap 1), ``word`` and ``none``.
-- ``parse_inference_request``: the body of ``POST _inference/...`` (``InferenceAction.Request``).
-- ``render_*``: ES's result shapes from ``_infer`` results (``TextEmbeddingFloatResults``,
-  ``SparseEmbeddingResults``, ``RankedDocsResults``).
+- ``render_service_settings`` / ``public_view``: an endpoint as ``ModelConfigurations`` renders it.
+
+The ``POST`` side (request body, result shapes) is ``gateway.inference_request``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from shared.errors import (
     BadRequest,
     IllegalArgument,
     InferqError,
-    XContentParseError,
 )
 from shared.model_store import MODEL_ID_RE
 
@@ -42,8 +41,6 @@ BUILT_IN_MODELS = (
 SIMILARITIES = ("cosine", "dot_product", "l2_norm")
 ELEMENT_TYPES = ("byte", "float")
 DEFAULT_CHUNKING = {"strategy": "sentence", "max_chunk_size": 250, "sentence_overlap": 1}
-REQUEST_FIELDS = ("input", "input_type", "task_settings", "query", "return_documents", "top_n", "timeout")
-INPUT_TYPES = ("ingest", "search", "classification", "clustering", "internal_ingest", "internal_search")
 
 
 class ValidationFailed(InferqError):
@@ -455,108 +452,3 @@ def public_view(doc: Mapping[str, Any]) -> dict[str, Any]:
     if doc.get("chunking_settings") is not None:
         out["chunking_settings"] = doc["chunking_settings"]
     return out
-
-
-# ---- the POST body -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InferenceRequest:
-    inputs: list[str]
-    query: str | None
-    return_documents: bool | None
-    top_n: int | None
-    task_settings: dict[str, Any]
-    timeout: Any
-
-
-def parse_inference_request(task_type: str, body: Mapping[str, Any]) -> InferenceRequest:
-    """``InferenceAction.Request``: the parser, then ``validate()`` for the endpoint's task type."""
-    parser = "cluster:internal/xpack/inference"
-    for name in body:
-        if name not in REQUEST_FIELDS:
-            raise XContentParseError(f"[1:2] [{parser}] unknown field [{name}]")
-    raw_input = body.get("input")
-    if isinstance(raw_input, str):
-        inputs: list[str] | None = [raw_input]
-    elif raw_input is None:
-        inputs = None
-    elif isinstance(raw_input, list) and all(isinstance(i, str) for i in raw_input):
-        inputs = list(raw_input)
-    else:
-        raise XContentParseError(f"[1:2] [{parser}] failed to parse field [input]")
-    query = body.get("query")
-    if query is not None and not isinstance(query, str):
-        raise XContentParseError(f"[1:2] [{parser}] failed to parse field [query]")
-    return_documents = body.get("return_documents")
-    if return_documents is not None and not isinstance(return_documents, bool):
-        raise XContentParseError(f"[1:2] [{parser}] failed to parse field [return_documents]")
-    top_n = body.get("top_n")
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int)):
-        raise XContentParseError(f"[1:2] [{parser}] failed to parse field [top_n]")
-    task_settings = body.get("task_settings") or {}
-    if not isinstance(task_settings, Mapping):
-        raise XContentParseError(f"[1:2] [{parser}] failed to parse field [task_settings]")
-    input_type = body.get("input_type")
-    if input_type is not None and str(input_type).lower() not in INPUT_TYPES:
-        raise IllegalArgument(f"No enum constant org.elasticsearch.inference.InputType.{str(input_type).upper()}")
-
-    def invalid(message: str) -> ActionRequestValidation:
-        return ActionRequestValidation([message])
-
-    if inputs is None:
-        raise invalid("Field [input] cannot be null")
-    if not inputs:
-        raise invalid("Field [input] cannot be an empty array")
-    if task_type == "rerank":
-        if query is None:
-            raise invalid("Field [query] cannot be null for task type [rerank]")
-        if not query:
-            raise invalid("Field [query] cannot be empty for task type [rerank]")
-    else:
-        if return_documents is not None:
-            raise invalid(f"Field [return_documents] cannot be specified for task type [{task_type}]")
-        if top_n is not None:
-            raise invalid(f"Field [top_n] cannot be specified for task type [{task_type}]")
-        if query is not None:
-            raise invalid(f"Field [query] cannot be specified for task type [{task_type}]")
-    if task_type != "text_embedding" and input_type is not None and not str(input_type).lower().startswith("internal"):
-        raise invalid(f"Field [input_type] cannot be specified for task type [{task_type}]")
-    if task_type == "rerank" and top_n is not None and top_n < 1:
-        raise invalid("Field [top_n] must be a positive integer")
-    return InferenceRequest(inputs, query, return_documents, top_n, dict(task_settings), body.get("timeout"))
-
-
-# ---- results -------------------------------------------------------------------------------------
-
-
-def render_text_embedding(results: Sequence[Mapping[str, Any]], results_field: str) -> dict[str, Any]:
-    return {"text_embedding": [{"embedding": r[results_field]} for r in results]}
-
-
-def render_sparse_embedding(results: Sequence[Mapping[str, Any]], results_field: str) -> dict[str, Any]:
-    return {
-        "sparse_embedding": [
-            {"is_truncated": bool(r.get("is_truncated", False)), "embedding": r[results_field]} for r in results
-        ]
-    }
-
-
-def render_rerank(
-    results: Sequence[Mapping[str, Any]], results_field: str, inputs: Sequence[str], *, return_documents: bool,
-    top_n: int | None,
-) -> dict[str, Any]:
-    """``textSimilarityResultsToRankedDocs``: by score, highest first (ties keep input order);
-    ``top_n`` keeps the first n (more than there are: all of them)."""
-    ranked = sorted(
-        ((i, float(r[results_field])) for i, r in enumerate(results)), key=lambda pair: (-pair[1], pair[0])
-    )
-    if top_n is not None:
-        ranked = ranked[:top_n]
-    docs: list[dict[str, Any]] = []
-    for index, score in ranked:
-        doc: dict[str, Any] = {"index": index, "relevance_score": score}
-        if return_documents:
-            doc["text"] = inputs[index]
-        docs.append(doc)
-    return {"rerank": docs}

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gateway import inference_config as ic
+from gateway import inference_request as ir
 from gateway.aliases_api import validate_alias
 from gateway.start_params import parse_start, parse_update
 from shared.cluster_view import ClusterView, DeploymentView
@@ -111,21 +112,21 @@ def test_task_types() -> None:
 
 
 def test_inference_request() -> None:
-    parsed = ic.parse_inference_request("rerank", {"input": "one", "query": "q", "top_n": 1, "timeout": "5s"})
+    parsed = ir.parse_inference_request("rerank", {"input": "one", "query": "q", "top_n": 1, "timeout": "5s"})
     assert (parsed.inputs, parsed.query, parsed.top_n, parsed.timeout) == (["one"], "q", 1, "5s")
-    error = error_of(ic.parse_inference_request, "sparse_embedding", {"input": ["a"], "input_type": "search"})
+    error = error_of(ir.parse_inference_request, "sparse_embedding", {"input": ["a"], "input_type": "search"})
     assert error.reason == "Validation Failed: 1: Field [input_type] cannot be specified for task type [sparse_embedding];"
-    assert ic.parse_inference_request("text_embedding", {"input": ["a"], "input_type": "ingest"}).inputs == ["a"]
+    assert ir.parse_inference_request("text_embedding", {"input": ["a"], "input_type": "ingest"}).inputs == ["a"]
 
 
 def test_result_shapes() -> None:
     results = [{"predicted_value": 0.1}, {"predicted_value": 0.9}, {"predicted_value": 0.9}]
-    ranked = ic.render_rerank(results, "predicted_value", ["a", "b", "c"], return_documents=True, top_n=2)
+    ranked = ir.render_rerank(results, "predicted_value", ["a", "b", "c"], return_documents=True, top_n=2)
     assert ranked == {"rerank": [{"index": 1, "relevance_score": 0.9, "text": "b"}, {"index": 2, "relevance_score": 0.9, "text": "c"}]}
-    assert ic.render_rerank(results, "predicted_value", ["a", "b", "c"], return_documents=False, top_n=9)["rerank"][2] == {
+    assert ir.render_rerank(results, "predicted_value", ["a", "b", "c"], return_documents=False, top_n=9)["rerank"][2] == {
         "index": 0, "relevance_score": 0.1
     }  # fmt: skip
-    sparse = ic.render_sparse_embedding([{"predicted_value": {"fox": 1.5}, "is_truncated": True}], "predicted_value")
+    sparse = ir.render_sparse_embedding([{"predicted_value": {"fox": 1.5}, "is_truncated": True}], "predicted_value")
     assert sparse == {"sparse_embedding": [{"is_truncated": True, "embedding": {"fox": 1.5}}]}
 
 
