@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway import inference_config as ic
 from gateway import inference_request as ir
+from gateway.adaptive_settings import parse_adaptive_allocations
 from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
 from gateway.http import check_params, json_response, query_bool, read_object
 from gateway.infer_api import check_limits
@@ -276,9 +277,11 @@ async def update_endpoint(request: web.Request) -> web.Response:
                 "deployment must be updated through the trained models API."
             )
         service_settings = dict(doc["service_settings"])
+        # as ES's updateInClusterEndpoint: one deployment update with both settings
+        adaptive_update = parse_adaptive_allocations(adaptive) if adaptive is not None else None
+        await request.app[CONTROL].update(deployment_id, allocations, adaptive_update)
+        await request.app[PRODUCER].watcher.refresh()
         if allocations is not None:
-            await request.app[CONTROL].update(deployment_id, allocations)
-            await request.app[PRODUCER].watcher.refresh()
             service_settings["num_allocations"] = allocations
         if adaptive is not None:
             service_settings["adaptive_allocations"] = adaptive
