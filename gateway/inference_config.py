@@ -19,11 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.adaptive_settings import AdaptiveAllocations
 from shared.errors import (
     ActionRequestValidation,
     BadRequest,
     IllegalArgument,
     InferqError,
+    ValidationCollector,
 )
 from shared.model_store import MODEL_ID_RE
 
@@ -181,13 +183,13 @@ def _adaptive(settings: dict[str, Any], errors: list[str]) -> dict[str, Any] | N
             )
         else:
             adaptive[name] = value
-    low, high = adaptive.get("min_number_of_allocations"), adaptive.get("max_number_of_allocations")
-    if isinstance(low, int) and low < 0:
-        errors.append("[min_number_of_allocations] must be a non-negative integer or null")
-    if isinstance(high, int) and high < 1:
-        errors.append("[max_number_of_allocations] must be a positive integer or null")
-    if isinstance(low, int) and isinstance(high, int) and low > high:
-        errors.append("[min_number_of_allocations] must not be larger than [max_number_of_allocations]")
+    bounds = ValidationCollector()  # the bounds rules are the deployment's own (AdaptiveAllocationsSettings.validate)
+    AdaptiveAllocations(
+        enabled=adaptive.get("enabled"),
+        min_number_of_allocations=adaptive.get("min_number_of_allocations"),
+        max_number_of_allocations=adaptive.get("max_number_of_allocations"),
+    ).validate(bounds)
+    errors.extend(bounds.messages)
     return adaptive
 
 

@@ -349,3 +349,17 @@ def test_es9_start_rules(solo: LocalCluster) -> None:
     status, answer = solo.call("DELETE", "/_ml/trained_models/emb?force=true&timeout=soon")
     assert status == 400 and answer["error"]["reason"].startswith("failed to parse setting [timeout] with value [soon]")
     assert ok(solo, "GET", "/_ml/trained_models/emb")["count"] == 1  # a bad timeout deletes nothing
+
+
+def test_update_forwards_adaptive_allocations(solo: LocalCluster, cross_endpoint: dict[str, Any]) -> None:
+    adaptive = {"enabled": True, "min_number_of_allocations": 1, "max_number_of_allocations": 2}
+    updated = ok(solo, "PUT", "/_inference/rerank/cross-endpoint/_update", {"service_settings": {"adaptive_allocations": adaptive}})
+    assert updated["service_settings"]["adaptive_allocations"] == adaptive
+    entries = ok(solo, "GET", "/_ml/trained_models/cross/_stats")["trained_model_stats"]
+    stats = next(e["deployment_stats"] for e in entries if e["deployment_stats"]["deployment_id"] == "cross-endpoint")
+    assert stats["adaptive_allocations"] == adaptive
+    fails(solo, "PUT", "/_inference/rerank/cross-endpoint/_update",
+          {"service_settings": {"adaptive_allocations": {"enabled": True, "min_number_of_allocations": 3,
+                                                         "max_number_of_allocations": 2}}},
+          400, "validation_exception",
+          "Validation Failed: 1: [min_number_of_allocations] must not be larger than [max_number_of_allocations];")  # fmt: skip
