@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -56,13 +55,30 @@ def upload_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Any]:
     folder = write_model_files(tiny_embedding_model, tmp_path_factory.mktemp("eland-model"))
-    big_file = folder / "big.bin"
-    big_file.write_bytes(os.urandom(2 * 1024 * 1024 + 512 * 1024))
+    big_file = folder / "big.pt"
+    write_big_archive(big_file)
     return run_driver(
         "tests.clients.eland_driver",
         ["--url", eland_cluster.url, "--model-dir", str(folder), "--model-id", MODEL_ID, "--big-file", str(big_file)],
         eland_folders,
     )
+
+
+def write_big_archive(path: Path) -> None:
+    """A valid TorchScript archive of ~2.8 MB (three of eland's default 1 MiB chunks): random
+    weights, which a zip cannot shrink. Uploads are validated, so random bytes would be refused."""
+    import torch
+
+    class Big(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(700_000))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.weight.mean()
+
+    torch.jit.save(torch.jit.script(Big()), str(path))
+    assert path.stat().st_size > 2 * 1024 * 1024
 
 
 def value(run: dict[str, Any], step: str) -> Any:
