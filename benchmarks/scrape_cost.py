@@ -105,7 +105,7 @@ def seed(
             pairs = [x for d in digests for x in (d, b"x" * rng.randint(200, 2000))]
             complete(
                 keys=[keys.stats(deployment_id, node_id), keys.processing(deployment_id, node_id, "a0")],
-                args=[prefix, doc["cache_size_bytes"], "lfu", now, now, cache_entries, 12.5 * cache_entries, 1,
+                args=[prefix, doc["cache_size_bytes"], "lfu", now, now, cache_entries, 12.5 * cache_entries, 1, 0,
                       len(observations), *(x for kv in observations.items() for x in kv), *pairs],
             )  # fmt: skip
             queue, stats = keys.queue(deployment_id, node_id), keys.stats(deployment_id, node_id)

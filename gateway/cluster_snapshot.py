@@ -7,10 +7,11 @@ give the same numbers. Four pipelined round trips, whatever the cluster's size:
    its ``inferq:routes:<dep>`` hash;
 2. ``inferq:nodes``, ``keys.METRICS_GATEWAY`` (``gateway/request_metrics.py``) and
    ``keys.METRICS_PLANNER`` (``gateway/control.py``);
-3. per node ``inferq:node:<id>`` and its heartbeat key (its value is the node's clock at the
-   last beat); per (deployment, node) placed or targeted, one ``FIGURES_SCRIPT`` call: the
-   stats hash (``keys.stats``: ``shared/lua/stats.lua`` counters and the worker's
-   histograms), the cache's ``meta`` hash and ``LLEN`` of the queue, packed by Redis into one
+3. per node ``inferq:node:<id>``, its heartbeat key and the key's PTTL (the age of the last
+   beat is its TTL minus what is left, on Redis' clock: no skew between machines); per
+   (deployment, node) placed or targeted, one ``FIGURES_SCRIPT`` call: the stats hash
+   (``keys.stats``: ``shared/lua/stats.lua`` counters and the worker's histograms), the
+   cache's ``meta`` hash and ``LLEN`` of both queue lanes, packed by Redis into one
    MessagePack string (parsing thousands of RESP elements in Python cost ten times more CPU).
 
 No SCAN: an allocation's in-flight items (its processing list) are not counted, only what
@@ -28,7 +29,7 @@ import msgpack
 import redis.asyncio as aioredis
 
 from gateway.request_metrics import GatewayFigures, parse_gateway_hash
-from shared import keys
+from shared import keys, node_registry
 from shared.assignment import assignment_state
 from shared.cache import CacheStats, meta_key, parse_meta
 from shared.cluster_view import DeploymentView, load_view
@@ -45,6 +46,7 @@ class NodeFigures:
     processors: int
     memory_bytes: int
     heartbeat_age_s: float | None  # None once the heartbeat key expired
+    suspect: bool = False  # alive but missing beats or stalled: gets no new requests
     allocations: int = 0  # started allocations over every deployment
     allocated_processors: int = 0  # allocations x threads per allocation
 
@@ -59,6 +61,7 @@ class PlacementFigures:
     target_allocations: int
     threads_per_allocation: int
     queue_depth: int
+    bulk_queue_depth: int
     counters: NodeCounters
     cache: CacheStats
     batch_size: Histogram
@@ -118,11 +121,11 @@ class ClusterSnapshot:
     read_seconds: float
 
 
-# KEYS (one {dep|node} hash tag): stats, cache meta, queue.  Returns msgpack
-# [stats HGETALL as a flat array, meta HGETALL as a flat array, queue length].
+# KEYS (one {dep|node} hash tag): stats, cache meta, queue, bulk queue.  Returns msgpack
+# [stats HGETALL as a flat array, meta HGETALL as a flat array, queue length, bulk length].
 FIGURES_SCRIPT = (
     "return cmsgpack.pack({redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), "
-    "redis.call('LLEN', KEYS[3])})"
+    "redis.call('LLEN', KEYS[3]), redis.call('LLEN', KEYS[4])})"
 )
 
 
@@ -131,10 +134,23 @@ def _pairs(flat: Any) -> dict[str, str]:
     return {str(items[i]): str(items[i + 1]) for i in range(0, len(items) - 1, 2)}
 
 
-def unpack_figures(raw: bytes) -> tuple[dict[str, str], dict[str, str], int]:
-    """The stats hash, the cache meta hash and the queue length of one ``FIGURES_SCRIPT`` reply."""
-    stats, meta, depth = msgpack.unpackb(raw, raw=False, unicode_errors="replace")
-    return _pairs(stats), _pairs(meta), int(depth)
+def unpack_figures(raw: bytes) -> tuple[dict[str, str], dict[str, str], int, int]:
+    """The stats hash, the cache meta hash and the two queue lengths of a ``FIGURES_SCRIPT`` reply."""
+    stats, meta, depth, bulk_depth = msgpack.unpackb(raw, raw=False, unicode_errors="replace")
+    return _pairs(stats), _pairs(meta), int(depth), int(bulk_depth)
+
+
+def beat_age_s(raw_beat: bytes | None, pttl_ms: int, now_ms: int) -> float | None:
+    """Seconds since the node's last heartbeat; None when its alive key is gone."""
+    if raw_beat is None or pttl_ms == -2:
+        return None
+    beat = node_registry.Beat.decode(raw_beat)
+    if beat is not None and pttl_ms >= 0:
+        return max(0.0, (beat.ttl_ms - pttl_ms) / 1000)
+    try:  # an older node's bare timestamp, on its own clock
+        return max(0.0, (now_ms - int(raw_beat)) / 1000)
+    except ValueError:
+        return None
 
 
 def placed_nodes(view: DeploymentView) -> list[str]:
@@ -159,21 +175,24 @@ async def read_snapshot(client: aioredis.Redis) -> ClusterSnapshot:
         for node_id in node_ids:
             pipe.hgetall(keys.node_info(node_id))
             pipe.get(keys.node_heartbeat(node_id))
+            pipe.pttl(keys.node_heartbeat(node_id))
         for dv, node in pairs:
             dn = (dv.deployment_id, node)
-            pipe.evalsha(sha, 3, keys.stats(*dn), meta_key(keys.cache_prefix(*dn)), keys.queue(*dn))
+            pipe.evalsha(
+                sha, 4, keys.stats(*dn), meta_key(keys.cache_prefix(*dn)), keys.queue(*dn), keys.bulk_queue(*dn)
+            )
         replies = iter(await pipe.execute())
     now_ms = int(time.time() * 1000)
 
-    infos: dict[str, tuple[NodeInfo, bytes | None]] = {}
+    infos: dict[str, tuple[NodeInfo, bytes | None, int]] = {}
     for node_id in node_ids:
-        info, beat = next(replies), next(replies)
-        infos[node_id] = (NodeInfo.from_hash(node_id, info or {}), beat)
+        info, beat, pttl_ms = next(replies), next(replies), int(next(replies))
+        infos[node_id] = (NodeInfo.from_hash(node_id, info or {}), beat, pttl_ms)
 
     deployments: list[DeploymentFigures] = []
     placements_by_dep: dict[str, list[PlacementFigures]] = {}
     for dv, node in pairs:
-        stats_fields, meta, depth = unpack_figures(next(replies))
+        stats_fields, meta, depth, bulk_depth = unpack_figures(next(replies))
         route = dv.routes.get(node)
         targets: dict[str, int] = dv.doc.get("targets", {})
         placements_by_dep.setdefault(dv.deployment_id, []).append(
@@ -184,6 +203,7 @@ async def read_snapshot(client: aioredis.Redis) -> ClusterSnapshot:
                 target_allocations=int(targets.get(node, 0)),
                 threads_per_allocation=route.threads_per_allocation if route else 0,
                 queue_depth=depth,
+                bulk_queue_depth=bulk_depth,
                 counters=parse_counters(stats_fields),  # type: ignore[arg-type]  # Mapping is invariant in its key
                 cache=parse_meta(meta, dv.cache_size_bytes),
                 batch_size=BATCH_SIZE.read(stats_fields),
@@ -205,7 +225,7 @@ async def read_snapshot(client: aioredis.Redis) -> ClusterSnapshot:
         )
 
     nodes: list[NodeFigures] = []
-    for node_id, (info, beat) in infos.items():
+    for node_id, (info, beat, pttl_ms) in infos.items():
         running = [
             p for d in deployments for p in d.placements if p.node_id == node_id and p.routing_state == "started"
         ]
@@ -215,7 +235,8 @@ async def read_snapshot(client: aioredis.Redis) -> ClusterSnapshot:
                 alive=beat is not None,
                 processors=info.processors,
                 memory_bytes=info.memory_bytes,
-                heartbeat_age_s=max(0.0, (now_ms - int(beat)) / 1000) if beat is not None else None,
+                heartbeat_age_s=beat_age_s(beat, pttl_ms, now_ms),
+                suspect=beat is not None and node_registry.suspect(beat, pttl_ms),
                 allocations=sum(p.allocations for p in running),
                 allocated_processors=sum(p.allocations * p.threads_per_allocation for p in running),
             )

@@ -84,6 +84,9 @@ def families(snapshot: ClusterSnapshot) -> Iterator[Metric]:
         "allocations": GaugeMetricFamily("inferq_allocations", "Allocations running on the node.", labels=DN),
         "target": GaugeMetricFamily("inferq_allocations_target", "Allocations the planner assigned to the node.", labels=DN),
         "queue": GaugeMetricFamily("inferq_queue_depth", "Requests waiting in the node's queue.", labels=DN),
+        "bulk": GaugeMetricFamily(
+            "inferq_bulk_queue_depth", "Bulk-job requests waiting in the node's bulk lane.", labels=DN
+        ),
         "capacity": GaugeMetricFamily("inferq_queue_capacity", "Size of the node's queue.", labels=DN),
         "cache_used": GaugeMetricFamily("inferq_cache_used_bytes", "Bytes the node's result cache uses.", labels=DN),
         "cache_budget": GaugeMetricFamily("inferq_cache_budget_bytes", "Byte budget of the node's result cache.", labels=DN),
@@ -118,6 +121,7 @@ def families(snapshot: ClusterSnapshot) -> Iterator[Metric]:
             gauges["allocations"].add_metric(labels, p.allocations if p.routing_state == "started" else 0)
             gauges["target"].add_metric(labels, p.target_allocations)
             gauges["queue"].add_metric(labels, p.queue_depth)
+            gauges["bulk"].add_metric(labels, p.bulk_queue_depth)
             gauges["capacity"].add_metric(labels, d.queue_capacity)
             gauges["cache_used"].add_metric(labels, p.cache.used_bytes)
             gauges["cache_budget"].add_metric(labels, d.cache_budget_bytes)
@@ -137,7 +141,10 @@ def families(snapshot: ClusterSnapshot) -> Iterator[Metric]:
     yield batch
     yield forward
 
-    up = GaugeMetricFamily("inferq_node_up", "1 while the node's heartbeat is fresh.", labels=("node",))
+    up = GaugeMetricFamily("inferq_node_up", "1 while the node's heartbeat key lives.", labels=("node",))
+    suspect = GaugeMetricFamily(
+        "inferq_node_suspect", "1 while a live node misses beats or is stalled (it gets no new requests).", labels=("node",)
+    )
     age = GaugeMetricFamily(
         "inferq_node_heartbeat_age_seconds", "Time since the node's last heartbeat (live nodes).", labels=("node",)
     )
@@ -151,13 +158,14 @@ def families(snapshot: ClusterSnapshot) -> Iterator[Metric]:
     )
     for n in snapshot.nodes:
         up.add_metric((n.node_id,), 1 if n.alive else 0)
+        suspect.add_metric((n.node_id,), 1 if n.suspect else 0)
         if n.heartbeat_age_s is not None:
             age.add_metric((n.node_id,), n.heartbeat_age_s)
         processors.add_metric((n.node_id,), n.processors)
         memory.add_metric((n.node_id,), n.memory_bytes)
         node_allocations.add_metric((n.node_id,), n.allocations)
         used.add_metric((n.node_id,), n.allocated_processors)
-    yield from (up, age, processors, memory, node_allocations, used)
+    yield from (up, suspect, age, processors, memory, node_allocations, used)
 
     passes = CounterMetricFamily("inferq_planner_passes", "Planner passes run (by the lease holder).")
     passes.add_metric((), snapshot.planner_actions.get("pass", 0))

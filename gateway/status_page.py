@@ -57,6 +57,7 @@ def status_data(snapshot: ClusterSnapshot) -> dict[str, Any]:
                 "requested_allocations": d.number_of_allocations,
                 "nodes": [p.node_id for p in d.placements],
                 "queue_depth": d.queue_depth,
+                "bulk_queue_depth": sum(p.bulk_queue_depth for p in d.placements),
                 "queue_capacity": d.queue_capacity_total,
                 "cache_used_bytes": d.cache_used_bytes,
                 "cache_budget_bytes": d.cache_budget_total_bytes,
@@ -77,6 +78,7 @@ def status_data(snapshot: ClusterSnapshot) -> dict[str, Any]:
             {
                 "node_id": n.node_id,
                 "alive": n.alive,
+                "suspect": n.suspect,
                 "processors": n.processors,
                 "memory_bytes": n.memory_bytes,
                 "allocations": n.allocations,

@@ -147,7 +147,8 @@
       const row = body.insertRow();
       row.dataset.node = n.node_id;
       cell(row, n.node_id);
-      cell(row, n.alive ? "live" : "dead", n.alive ? "alive" : "dead");
+      const status = !n.alive ? "dead" : n.suspect ? "suspect" : "live";
+      cell(row, status, status === "live" ? "alive" : status);
       cell(row, bar(n.allocated_processors, n.processors, `${n.allocated_processors} / ${n.processors}`));
       cell(row, String(n.allocations), "num");
       cell(row, bytes(n.memory_bytes), "num");

@@ -138,7 +138,7 @@ async def test_worker_figures_read_back_from_redis(gateways: list[str]) -> None:
     assert value(found, "inferq_node_processors", node="node-2") == 8
     assert 0 <= value(found, "inferq_node_heartbeat_age_seconds", node="node-2") < 60
     assert value(found, "inferq_deployment_state", deployment="hits", state="started") == 1
-    assert value(found, "inferq_planner_actions_total", action="retarget") == 20
+    assert value(found, "inferq_planner_actions_total", action="retarget") >= 20  # seeded, plus the gateways' own passes
     # cumulative buckets never decrease
     buckets = sorted(
         (float(dict(ls)["le"]), v) for (n, ls), v in found.items()

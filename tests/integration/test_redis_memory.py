@@ -108,7 +108,7 @@ def test_a_batch_completes_on_a_redis_past_its_limit(small_redis: redis.Redis) -
     ceiling = used_memory(client) - 200_000
     now = int(time.time() * 1000)
     pairs: list[str | bytes] = [cache_digest("1"), b"result 1", cache_digest("2"), b"result 2"]
-    args: list[str | bytes | int | float] = [prefix, 1_000_000, "lfu", now, now, 2, 12.5, 0, ceiling, *pairs]
+    args: list[str | bytes | int | float] = [prefix, 1_000_000, "lfu", now, now, 2, 12.5, 0, ceiling, 0, *pairs]
     assert complete(keys=[stats_key, processing], args=args) == 1
     assert oom_errors(client) == oom_before
     assert not client.exists(processing)
