@@ -11,8 +11,10 @@ give the same numbers. Four pipelined round trips, whatever the cluster's size:
    beat is its TTL minus what is left, on Redis' clock: no skew between machines); per
    (deployment, node) placed or targeted, one ``FIGURES_SCRIPT`` call: the stats hash
    (``keys.stats``: ``shared/lua/stats.lua`` counters and the worker's histograms), the
-   cache's ``meta`` hash and ``LLEN`` of both queue lanes, packed by Redis into one
-   MessagePack string (parsing thousands of RESP elements in Python cost ten times more CPU).
+   cache's ``meta`` hash, ``LLEN`` of both queue lanes and of the allocations' processing
+   lists (in flight), packed by Redis into one MessagePack string (parsing thousands of RESP
+   elements in Python cost ten times more CPU). The processing lists are named by the
+   ``keys.dn_allocations`` sets, read in the same round trip as the nodes (no SCAN).
 
 No SCAN: an allocation's in-flight items (its processing list) are not counted, only what
 waits in the queue.
@@ -62,6 +64,7 @@ class PlacementFigures:
     threads_per_allocation: int
     queue_depth: int
     bulk_queue_depth: int
+    in_flight: int  # taken by an allocation, not answered yet
     counters: NodeCounters
     cache: CacheStats
     batch_size: Histogram
@@ -121,12 +124,17 @@ class ClusterSnapshot:
     read_seconds: float
 
 
-# KEYS (one {dep|node} hash tag): stats, cache meta, queue, bulk queue.  Returns msgpack
-# [stats HGETALL as a flat array, meta HGETALL as a flat array, queue length, bulk length].
-FIGURES_SCRIPT = (
-    "return cmsgpack.pack({redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), "
-    "redis.call('LLEN', KEYS[3]), redis.call('LLEN', KEYS[4])})"
-)
+# KEYS (one {dep|node} hash tag): stats, cache meta, queue, bulk queue, then the allocations'
+# processing lists.  Returns msgpack [stats HGETALL as a flat array, meta HGETALL as a flat
+# array, queue length, bulk length, summed length of the processing lists].
+FIGURES_SCRIPT = """
+local in_flight = 0
+for i = 5, #KEYS do
+  in_flight = in_flight + redis.call('LLEN', KEYS[i])
+end
+return cmsgpack.pack({redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
+  redis.call('LLEN', KEYS[3]), redis.call('LLEN', KEYS[4]), in_flight})
+"""
 
 
 def _pairs(flat: Any) -> dict[str, str]:
@@ -134,10 +142,11 @@ def _pairs(flat: Any) -> dict[str, str]:
     return {str(items[i]): str(items[i + 1]) for i in range(0, len(items) - 1, 2)}
 
 
-def unpack_figures(raw: bytes) -> tuple[dict[str, str], dict[str, str], int, int]:
-    """The stats hash, the cache meta hash and the two queue lengths of a ``FIGURES_SCRIPT`` reply."""
-    stats, meta, depth, bulk_depth = msgpack.unpackb(raw, raw=False, unicode_errors="replace")
-    return _pairs(stats), _pairs(meta), int(depth), int(bulk_depth)
+def unpack_figures(raw: bytes) -> tuple[dict[str, str], dict[str, str], int, int, int]:
+    """The stats hash, the cache meta hash, the two queue lengths and the in-flight count of a
+    ``FIGURES_SCRIPT`` reply."""
+    stats, meta, depth, bulk_depth, in_flight = msgpack.unpackb(raw, raw=False, unicode_errors="replace")
+    return _pairs(stats), _pairs(meta), int(depth), int(bulk_depth), int(in_flight)
 
 
 def beat_age_s(raw_beat: bytes | None, pttl_ms: int, now_ms: int) -> float | None:
@@ -162,25 +171,27 @@ def placed_nodes(view: DeploymentView) -> list[str]:
 async def read_snapshot(client: aioredis.Redis) -> ClusterSnapshot:
     started = time.perf_counter()
     view = await load_view(client)
+    views = [view.deployments[d] for d in sorted(view.deployments)]
+    pairs = [(dv, node) for dv in views for node in placed_nodes(dv)]
     async with client.pipeline(transaction=False) as pipe:
         pipe.smembers(keys.NODES)
         pipe.hgetall(keys.METRICS_GATEWAY)
         pipe.hgetall(keys.METRICS_PLANNER)
-        raw_nodes, raw_gateway, raw_planner = await pipe.execute()
+        for dv, node in pairs:
+            pipe.smembers(keys.dn_allocations(dv.deployment_id, node))
+        raw_nodes, raw_gateway, raw_planner, *raw_allocations = await pipe.execute()
     node_ids = sorted(text(n) for n in raw_nodes)
-    views = [view.deployments[d] for d in sorted(view.deployments)]
-    pairs = [(dv, node) for dv in views for node in placed_nodes(dv)]
     sha = await client.script_load(FIGURES_SCRIPT) if pairs else ""
     async with client.pipeline(transaction=False) as pipe:
         for node_id in node_ids:
             pipe.hgetall(keys.node_info(node_id))
             pipe.get(keys.node_heartbeat(node_id))
             pipe.pttl(keys.node_heartbeat(node_id))
-        for dv, node in pairs:
+        for (dv, node), allocations in zip(pairs, raw_allocations, strict=True):
             dn = (dv.deployment_id, node)
-            pipe.evalsha(
-                sha, 4, keys.stats(*dn), meta_key(keys.cache_prefix(*dn)), keys.queue(*dn), keys.bulk_queue(*dn)
-            )
+            lists = [keys.processing(*dn, text(a)) for a in sorted(allocations)]
+            figure_keys = [keys.stats(*dn), meta_key(keys.cache_prefix(*dn)), keys.queue(*dn), keys.bulk_queue(*dn)]
+            pipe.evalsha(sha, 4 + len(lists), *figure_keys, *lists)
         replies = iter(await pipe.execute())
     now_ms = int(time.time() * 1000)
 
@@ -192,7 +203,7 @@ async def read_snapshot(client: aioredis.Redis) -> ClusterSnapshot:
     deployments: list[DeploymentFigures] = []
     placements_by_dep: dict[str, list[PlacementFigures]] = {}
     for dv, node in pairs:
-        stats_fields, meta, depth, bulk_depth = unpack_figures(next(replies))
+        stats_fields, meta, depth, bulk_depth, in_flight = unpack_figures(next(replies))
         route = dv.routes.get(node)
         targets: dict[str, int] = dv.doc.get("targets", {})
         placements_by_dep.setdefault(dv.deployment_id, []).append(
@@ -204,6 +215,7 @@ async def read_snapshot(client: aioredis.Redis) -> ClusterSnapshot:
                 threads_per_allocation=route.threads_per_allocation if route else 0,
                 queue_depth=depth,
                 bulk_queue_depth=bulk_depth,
+                in_flight=in_flight,
                 counters=parse_counters(stats_fields),  # type: ignore[arg-type]  # Mapping is invariant in its key
                 cache=parse_meta(meta, dv.cache_size_bytes),
                 batch_size=BATCH_SIZE.read(stats_fields),

@@ -88,6 +88,9 @@ def families(snapshot: ClusterSnapshot) -> Iterator[Metric]:
             "inferq_bulk_queue_depth", "Bulk-job requests waiting in the node's bulk lane.", labels=DN
         ),
         "capacity": GaugeMetricFamily("inferq_queue_capacity", "Size of the node's queue.", labels=DN),
+        "in_flight": GaugeMetricFamily(
+            "inferq_in_flight", "Requests the node's allocations have taken and not answered yet.", labels=DN
+        ),
         "cache_used": GaugeMetricFamily("inferq_cache_used_bytes", "Bytes the node's result cache uses.", labels=DN),
         "cache_budget": GaugeMetricFamily("inferq_cache_budget_bytes", "Byte budget of the node's result cache.", labels=DN),
         "cache_entries": GaugeMetricFamily("inferq_cache_entries", "Entries in the node's result cache.", labels=DN),
@@ -123,6 +126,7 @@ def families(snapshot: ClusterSnapshot) -> Iterator[Metric]:
             gauges["queue"].add_metric(labels, p.queue_depth)
             gauges["bulk"].add_metric(labels, p.bulk_queue_depth)
             gauges["capacity"].add_metric(labels, d.queue_capacity)
+            gauges["in_flight"].add_metric(labels, p.in_flight)
             gauges["cache_used"].add_metric(labels, p.cache.used_bytes)
             gauges["cache_budget"].add_metric(labels, d.cache_budget_bytes)
             gauges["cache_entries"].add_metric(labels, p.cache.entries)

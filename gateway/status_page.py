@@ -58,6 +58,7 @@ def status_data(snapshot: ClusterSnapshot) -> dict[str, Any]:
                 "nodes": [p.node_id for p in d.placements],
                 "queue_depth": d.queue_depth,
                 "bulk_queue_depth": sum(p.bulk_queue_depth for p in d.placements),
+                "in_flight": sum(p.in_flight for p in d.placements),
                 "queue_capacity": d.queue_capacity_total,
                 "cache_used_bytes": d.cache_used_bytes,
                 "cache_budget_bytes": d.cache_budget_total_bytes,

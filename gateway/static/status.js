@@ -133,7 +133,8 @@
       cell(row, d.state, "state-" + d.state);
       cell(row, `${d.allocations} / ${d.requested_allocations}`, "num");
       cell(row, d.nodes.join(", "));
-      cell(row, bar(d.queue_depth, d.queue_capacity, `${d.queue_depth} / ${d.queue_capacity}`));
+      const flying = d.in_flight ? ` (+${d.in_flight} in flight)` : "";
+      cell(row, bar(d.queue_depth, d.queue_capacity, `${d.queue_depth} / ${d.queue_capacity}${flying}`));
       cell(row, bar(d.cache_used_bytes, d.cache_budget_bytes, `${bytes(d.cache_used_bytes)} / ${bytes(d.cache_budget_bytes)}`));
       cell(row, d.hit_ratio === null ? "–" : (100 * d.hit_ratio).toFixed(1) + " %", "num");
       cell(row, String(d.inference_count), "num");

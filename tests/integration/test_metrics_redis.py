@@ -61,6 +61,9 @@ def prepare_cluster(client: redis.Redis) -> None:
     """Two seeded deployments on two nodes, plus ``hits`` (a cached answer for HIT_TEXT on
     every node) and ``full`` (every queue full: _infer is a 429 at once)."""
     seed(client, deployments=2, nodes=2, cache_entries=5, hits=3, queued=2, batches=7)
+    # two requests taken by allocation a1 of model-00 on node-1 and not answered yet
+    client.sadd(keys.dn_allocations("model-00", "node-1"), "a0", "a1")
+    client.rpush(keys.processing("model-00", "node-1", "a1"), b"taken-1", b"taken-2")
     now = int(time.time() * 1000)
     nodes = ["node-1", "node-2"]
     config = task_config.normalize_inference_config({"text_embedding": {"tokenization": {"bert": {}}}})
@@ -131,6 +134,8 @@ async def test_worker_figures_read_back_from_redis(gateways: list[str]) -> None:
     assert 0 < value(found, "inferq_cache_used_bytes", **labels) <= value(found, "inferq_cache_budget_bytes", **labels)
     assert value(found, "inferq_queue_depth", **labels) == 2
     assert value(found, "inferq_queue_capacity", **labels) == 1024
+    assert value(found, "inferq_in_flight", **labels) == 2
+    assert value(found, "inferq_in_flight", deployment="model-00", node="node-2") == 0
     assert value(found, "inferq_inference_failures_total", reason="error", **labels) == 1
     assert value(found, "inferq_allocations", **labels) == 1
     assert value(found, "inferq_node_up", node="node-2") == 1

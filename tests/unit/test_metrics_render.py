@@ -71,7 +71,7 @@ def test_gateway_hash_round_trip_with_any_id() -> None:
 def snapshot() -> ClusterSnapshot:
     placement = PlacementFigures(
         node_id="n1", routing_state="started", allocations=2, target_allocations=2, threads_per_allocation=1,
-        queue_depth=3, bulk_queue_depth=1, counters=NodeCounters(inference_count=10, inference_time_ms_sum=250.0, error_count=1),
+        queue_depth=3, bulk_queue_depth=1, in_flight=2, counters=NodeCounters(inference_count=10, inference_time_ms_sum=250.0, error_count=1),
         cache=CacheStats(entries=4, used_bytes=1000, budget_bytes=4096, hits=6, misses=4, evictions=1),
         batch_size=BATCH_SIZE.read({"batch_size:2": "3", "batch_size:sum": "9"}),
         forward_seconds=FORWARD_SECONDS.read({"forward_seconds:3": "3", "forward_seconds:sum": "0.03"}),
