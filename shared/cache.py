@@ -7,7 +7,7 @@ tag, so one cluster slot); their layout and the byte accounting are described in
 - ``<prefix>:e:<digest>``: one string per entry (a 26-byte header, then the value);
 - ``<prefix>:idx``: the eviction index (zset);
 - ``<prefix>:meta``: counters (hash: bytes, entries, hits, misses, evictions, stored,
-  rejected_too_large, no_headroom, last_evicted_count, tick).
+  rejected_too_large, no_headroom, last_evicted_count, tick, headroom_bytes, headroom_ms).
 
 Each operation is written once, as a generator that yields Redis requests and receives their
 replies (``_CacheOps``); ``_run_async`` drives it over ``redis.asyncio`` and ``_run_sync`` over
@@ -62,10 +62,12 @@ _SCAN_COUNT = 500
 # Script bodies: ARGV carries the prefix and arguments; KEYS names the keys each call touches
 # up front (evictions also touch other entries under the same hash tag).
 GET_BODY = "return cache_get(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))"
-PUT_BODY = (
-    "return cache_put(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), "
-    "cache_headroom(ARGV[7]))"
-)
+PUT_BODY = """
+local headroom = cache_headroom(ARGV[7], ARGV[6])
+local stored = cache_put(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), headroom)
+cache_save_headroom(headroom, ARGV[1] .. ":meta")
+return stored
+"""
 CLEAR_BODY = "return cache_clear(ARGV[1])"
 SWEEP_BODY = "return cache_sweep(ARGV[1], KEYS)"
 AUDIT_BODY = "return cache_audit(ARGV[1])"

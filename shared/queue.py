@@ -93,10 +93,11 @@ local results, time_sum, errors = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber
 redis.call('DEL', processing_key)
 local first_pair = stats_add(stats_key, ARGV, 11, tonumber(ARGV[10]))
 if budget > 0 then
-  local headroom = cache_headroom(ARGV[9])
+  local headroom = cache_headroom(ARGV[9], now_ms)
   for i = first_pair, #ARGV, 2 do
     cache_put(cache_prefix, ARGV[i], ARGV[i + 1], budget, policy, now_ms, headroom)
   end
+  cache_save_headroom(headroom, cache_prefix .. ':meta')
 elseif #ARGV >= first_pair then
   cache_trim(cache_prefix, 0, 64)  -- the budget went to 0: empty the cache, a little per batch
 end

@@ -9,7 +9,8 @@
 --   prefix..":idx"         zset    member HEADER .. digest; score = LFU count or LRU tick;
 --                                  ZPOPMIN gives the next entry to evict
 --   prefix..":meta"        hash    bytes, entries, hits, misses, evictions, stored,
---                                  rejected_too_large, no_headroom, last_evicted_count, tick
+--                                  rejected_too_large, no_headroom, last_evicted_count, tick,
+--                                  headroom_bytes, headroom_ms (see Headroom)
 --
 -- HEADER (26 bytes, fixed width, decimal) = 10 digits of (9999999999 - footprint_bytes)
 -- followed by 16 digits of the insert tick. Within one score the zset orders members
@@ -35,9 +36,11 @@
 --
 -- Headroom (docs/operations-redis-memory.md): an insert that would grow the cache (it is under
 -- its budget, so nothing is evicted to make room) first checks that Redis's used_memory plus
--- the entry stays under `ceiling_bytes` (maxmemory minus what queues and state are guaranteed),
--- reading INFO memory once per script (about 5 us; never while the cache is full and inserts
--- only replace evicted bytes). Short of headroom (meta.no_headroom counts it) the entry goes
+-- the entry stays under `ceiling_bytes` (maxmemory minus what queues and state are guaranteed).
+-- used_memory comes from INFO memory at most every 100 ms per cache (the room left is kept in
+-- meta.headroom_bytes/headroom_ms and lowered by each insert); never while the cache is full and
+-- inserts only replace evicted bytes. What other writers add within those 100 ms is the
+-- reserve's to absorb. Short of headroom (meta.no_headroom counts it) the entry goes
 -- in only in place of evicted ones, so Redis does not grow; an empty cache skips it. Queues,
 -- replies, heartbeats and state keep the rest.
 -- ceiling_bytes <= 0: no limit is known, nothing is checked.
@@ -161,21 +164,32 @@ local function cache_get(prefix, digest, policy, now_ms)
   return false
 end
 
--- A headroom tracker for one script run: {ceiling = bytes}; `room` is read from INFO memory the
--- first time an insert would grow Redis, then lowered by what each insert adds.
-local function cache_headroom(ceiling_bytes)
-  return {ceiling = tonumber(ceiling_bytes) or 0, room = nil}
+-- A headroom tracker for one script run: {ceiling = bytes, now_ms}. The room left under the
+-- ceiling is what the cache remembers in meta (headroom_bytes, read at headroom_ms) while that
+-- reading is under cache_headroom_max_age_ms() old, else INFO memory again; each insert lowers it
+-- by what it adds, and cache_put writes it back.
+local function cache_headroom(ceiling_bytes, now_ms)
+  return {ceiling = tonumber(ceiling_bytes) or 0, now_ms = tonumber(now_ms) or 0, room = nil, read_ms = nil}
+end
+
+local function cache_headroom_max_age_ms()
+  return 100
 end
 
 -- Whether `growth_bytes` more fit under the ceiling (and take them if so).
-local function cache_take_headroom(headroom, growth_bytes)
+local function cache_take_headroom(headroom, meta, growth_bytes)
   if headroom.ceiling <= 0 or growth_bytes <= 0 then
     return true
   end
   if headroom.room == nil then
+    local remembered = redis.call("HMGET", meta, "headroom_bytes", "headroom_ms")
+    headroom.room, headroom.read_ms = tonumber(remembered[1]), tonumber(remembered[2])
+  end
+  if headroom.room == nil or headroom.now_ms - headroom.read_ms >= cache_headroom_max_age_ms()
+      or headroom.now_ms < headroom.read_ms then
     local info = redis.call("INFO", "memory")
     local used = tonumber(string.match(info, "used_memory:(%d+)")) or 0
-    headroom.room = headroom.ceiling - used
+    headroom.room, headroom.read_ms = headroom.ceiling - used, headroom.now_ms
   end
   if growth_bytes > headroom.room then
     return false
@@ -184,8 +198,17 @@ local function cache_take_headroom(headroom, growth_bytes)
   return true
 end
 
+-- Remember the room left for the next scripts (see cache_headroom): once per script, after its
+-- inserts.
+local function cache_save_headroom(headroom, meta)
+  if headroom.room ~= nil then
+    redis.call("HSET", meta, "headroom_bytes", cache_num(headroom.room), "headroom_ms", cache_num(headroom.read_ms))
+  end
+end
+
 -- Store value under digest, evicting inside this call until it fits in budget_bytes, and only
--- while Redis has headroom (see the top of this file; headroom from cache_headroom).
+-- while Redis has headroom (see the top of this file; headroom from cache_headroom, saved with
+-- cache_save_headroom after the script's inserts).
 -- 1 if the value is in the cache afterwards (stored now or already there), 0 if refused.
 local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms, headroom)
   local meta = prefix .. ":meta"
@@ -207,7 +230,7 @@ local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms, he
   local used_before = tonumber(m[1]) or 0
   local limit = budget_bytes
   -- what Redis grows by at most: the entry, less what is evicted to keep the budget
-  if not cache_take_headroom(headroom, math.min(footprint, budget_bytes - used_before)) then
+  if not cache_take_headroom(headroom, meta, math.min(footprint, budget_bytes - used_before)) then
     -- short of headroom: the entry goes in only in place of evicted ones (Redis does not grow)
     redis.call("HINCRBY", meta, "no_headroom", 1)
     if footprint > used_before then
