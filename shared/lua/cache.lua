@@ -167,7 +167,7 @@ end
 -- A headroom tracker for one script run: {ceiling = bytes, now_ms}. The room left under the
 -- ceiling is what the cache remembers in meta (headroom_bytes, read at headroom_ms) while that
 -- reading is under cache_headroom_max_age_ms() old, else INFO memory again; each insert lowers it
--- by what it adds, and cache_put writes it back.
+-- by what it adds, and cache_save_headroom writes it back.
 local function cache_headroom(ceiling_bytes, now_ms)
   return {ceiling = tonumber(ceiling_bytes) or 0, now_ms = tonumber(now_ms) or 0, room = nil, read_ms = nil}
 end
