@@ -417,7 +417,9 @@ class ControlPlane:
                 "cache_budget_state": budget.state,
                 "redis_memory_ceiling_bytes": caches.capacity.memory_ceiling_bytes,
             }
-            if _close(budget.budget_bytes, doc.get("cache_budget_bytes")):
+            if budget.state == doc.get("cache_budget_state") == "scaled" and _close(
+                budget.budget_bytes, doc.get("cache_budget_bytes")
+            ):
                 cache_fields["cache_budget_bytes"] = doc["cache_budget_bytes"]  # no churn on small moves
             if (
                 targets == doc.get("targets")
