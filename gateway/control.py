@@ -331,7 +331,7 @@ class ControlPlane:
         """Answer every queued (not yet running) request of the deployment with an error."""
         cancelled = 0
         nodes = sorted(text(n) for n in await self.redis.smembers(keys.deployment_nodes(deployment_id)))
-        for queue_key in [keys.queue(deployment_id, node) for node in nodes]:
+        for queue_key in [lane(deployment_id, node) for node in nodes for lane in (keys.queue, keys.bulk_queue)]:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.lrange(queue_key, 0, -1)
                 pipe.delete(queue_key)
@@ -365,7 +365,7 @@ class ControlPlane:
             await clear_cache(self.redis, keys.cache_prefix(deployment_id, node))
             allocations = await self.redis.smembers(keys.dn_allocations(deployment_id, node))
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.unlink(keys.queue(deployment_id, node), keys.stats(deployment_id, node))
+                pipe.unlink(keys.queue(deployment_id, node), keys.bulk_queue(deployment_id, node), keys.stats(deployment_id, node))
                 for allocation in allocations:
                     pipe.unlink(keys.processing(deployment_id, node, text(allocation)))
                 pipe.unlink(keys.dn_allocations(deployment_id, node))

@@ -27,6 +27,7 @@ def start_allocation(client: redis.Redis, deployment_id: str, node_id: str, inde
     allocation._index(client)
     client.lpush(allocation.processing_key, b"in-flight")
     client.lpush(allocation.queue_key, b"queued")
+    client.lpush(keys.bulk_queue(deployment_id, node_id), b"bulk")
     client.hset(allocation.stats_key, "inference_count", 1)
     SyncResultCache(client, allocation.cache_prefix, budget_bytes=10_000).put("d" * 32, b"value")
 
@@ -41,7 +42,7 @@ def test_removing_a_deployment_removes_exactly_its_keys(redis_client: redis.Redi
             start_allocation(redis_client, deployment_id, node_id, 0)
     start_allocation(redis_client, "dep-a", "node-1", 1)
     before = {d: per_node_keys(redis_client, d) for d in ("dep-a", "dep-ab", "dep")}
-    assert len(before["dep-a"]) >= 2 * 7 + 1
+    assert len(before["dep-a"]) >= 2 * 8 + 1
 
     async def remove() -> None:
         from gateway.control import ControlPlane
