@@ -24,7 +24,7 @@ SPEC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 BOOTSTRAP = "fuzz-boot:fuzz-secret-0123456789"
 AUTH = {"Authorization": "ApiKey " + base64.b64encode(BOOTSTRAP.encode()).decode()}
 EXAMPLES = 12
-BUDGET_S = 80.0  # past this, the remaining operations get their warm-up round only
+BUDGET_S = 55.0  # past this, the remaining operations get their warm-up round only
 MAX_RSS_GROWTH_BYTES = 48 * 1024 * 1024
 
 
