@@ -64,3 +64,23 @@ def test_healthchecks_gate_the_start_order() -> None:
     assert isinstance(importer, dict)
     assert importer["gateway"] == {"condition": "service_healthy"}
     assert {"node-1", "node-2"} <= set(importer)
+
+
+def test_the_gateway_is_published_on_localhost_only_unless_auth_is_on() -> None:
+    gateway = services()["gateway"]
+    ports = [str(p) for p in gateway.get("ports") or []]  # type: ignore[attr-defined]
+    auth_on = str(dict(gateway.get("environment") or {}).get("INFERQ_AUTH", "off")).lower() in ("on", "true", "1")  # type: ignore[call-overload]
+    assert ports and all(p.startswith("127.0.0.1:") for p in ports) or auth_on, ports
+
+
+def test_workers_run_confined_and_unprivileged() -> None:
+    workers = [s for s in services().values() if s.get("command") == ["worker"]]
+    for worker in workers:
+        assert worker.get("read_only") is True
+        assert worker.get("cap_drop") == ["ALL"]
+        assert "no-new-privileges:true" in (worker.get("security_opt") or [])  # type: ignore[operator]
+        assert worker.get("networks") == ["backend"]
+    networks = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["networks"]
+    assert networks["backend"]["internal"] is True
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "\nUSER 10001:10001\n" in dockerfile
