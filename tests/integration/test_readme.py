@@ -28,7 +28,7 @@ from tests.redis_server import free_port
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-FENCE = re.compile(r"^```(sh|python) test(?: exit=(\d+))?\n(.*?)^```$", re.MULTILINE | re.DOTALL)
+FENCE = re.compile(r"^```(sh|python) test(?: exit=(\d+))?\n(.*?)^```\n(?:\n```text\n(.*?)^```$)?", re.MULTILINE | re.DOTALL)
 README_GATEWAY = "127.0.0.1:9200"
 README_REDIS = "redis://127.0.0.1:6380/0"
 BLOCK_TIMEOUT_S = 180
@@ -40,20 +40,21 @@ class Block:
     code: str
     exit_code: int
     line: int
+    output: str  # a ```text block right after it: every line must be in what the block printed
 
 
 def readme_blocks(text: str) -> list[Block]:
     return [
-        Block(m.group(1), m.group(3), int(m.group(2) or 0), text.count("\n", 0, m.start()) + 1)
+        Block(m.group(1), m.group(3), int(m.group(2) or 0), text.count("\n", 0, m.start()) + 1, m.group(4) or "")
         for m in FENCE.finditer(text)
     ]
 
 
-def test_blocks_are_found_with_their_expected_status() -> None:
+def test_blocks_are_found_with_their_expected_status_and_output() -> None:
     blocks = readme_blocks("x\n```sh test\necho a\n```\n```sh\nnot run\n```\n```python test\nprint(1)\n```\n"
-                           "```sh test exit=1\nfalse\n```\n")  # fmt: skip
-    assert [(b.language, b.code, b.exit_code, b.line) for b in blocks] == [
-        ("sh", "echo a\n", 0, 2), ("python", "print(1)\n", 0, 8), ("sh", "false\n", 1, 11)
+                           "```sh test exit=1\nfalse\n```\n\n```text\nan error\n```\n")  # fmt: skip
+    assert [(b.language, b.code, b.exit_code, b.line, b.output) for b in blocks] == [
+        ("sh", "echo a\n", 0, 2, ""), ("python", "print(1)\n", 0, 8, ""), ("sh", "false\n", 1, 11, "an error\n")
     ]
 
 
@@ -98,10 +99,16 @@ def test_every_runnable_block_of_the_readme(make_run: Cluster, tmp_path: Path) -
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     python_env = client_env(ensure("es9"))
-    shell_env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    shell_env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
+        "INFERQ_URL": f"http://{make_run.gateway}",  # what `inferq import` defaults to: the README's 9200
+    }  # fmt: skip
     began = time.monotonic()
     for block in blocks:
-        code = block.code.replace(README_GATEWAY, make_run.gateway).replace(README_REDIS, make_run.redis_url)
+        code, expected = (
+            text.replace(README_GATEWAY, make_run.gateway).replace(README_REDIS, make_run.redis_url)
+            for text in (block.code, block.output)
+        )
         if block.language == "sh":
             argv, env = ["bash", "-euo", "pipefail", "-c", code], shell_env
         else:
@@ -113,4 +120,6 @@ def test_every_runnable_block_of_the_readme(make_run: Cluster, tmp_path: Path) -
             f"README line {block.line}: exit {done.returncode}, expected {block.exit_code}\n"
             f"--- block\n{code}--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
         )
+        for line in expected.splitlines():
+            assert line in done.stdout + done.stderr, f"README line {block.line}: no [{line}] in\n{done.stderr[-3000:]}"
     print(f"README blocks: {len(blocks)} in {time.monotonic() - began:.1f}s")
