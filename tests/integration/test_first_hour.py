@@ -65,7 +65,7 @@ def test_stop_of_an_unknown_deployment_answers_as_elasticsearch(full: LocalClust
 
 def test_a_list_input_is_rendered_without_python_reprs(full: LocalCluster) -> None:
     status, body = full.call("POST", f"{ML}/first/_infer", {"docs": [{"text_field": ["a", "b"]}]})
-    assert status == 400
+    assert status == 400, body
     assert body["error"]["reason"] == "Input value [[a, b]] for field [text_field] must be a string"
 
 
