@@ -21,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -49,15 +50,17 @@ def _session_members(sid: int) -> set[int]:
     return found
 
 
-def one_run(nodes: int, redis_url: str | None) -> tuple[float, float, int]:
-    """(seconds to ready, seconds from SIGINT until all gone, processes left behind)."""
+def one_run(nodes: int, redis_url: str | None) -> tuple[float, float, int, str]:
+    """(seconds to ready, seconds from SIGINT until all gone, processes left behind, what the
+    supervisor said while stopping: its own timing and any child it had to kill)."""
     port = _free_port()
     argv = [sys.executable, "-m", "shared.cli", "cluster", "--nodes", str(nodes), "--port", str(port), "--demo-model"]
     if redis_url:
         argv += ["--redis-url", redis_url]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     began = time.monotonic()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    stderr = tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
     assert proc.stdout is not None
     try:
         line = ""
@@ -79,12 +82,16 @@ def one_run(nodes: int, redis_url: str | None) -> tuple[float, float, int]:
         while (proc.poll() is None or _session_members(proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.01)
         stop_s = time.monotonic() - sigint_at
-        return ready_s, stop_s, len(_session_members(proc.pid))
+        stderr.seek(0)
+        said = [line.strip() for line in stderr.read().decode(errors="replace").splitlines()]
+        stopping = "; ".join(line for line in said if line.startswith("inferq:") and "stop" in line)
+        return ready_s, stop_s, len(_session_members(proc.pid)), stopping
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
+        stderr.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     stops: list[float] = []
     bad = 0
     for run in range(1, args.runs + 1):
-        ready_s, stop_s, left = one_run(args.nodes, args.redis_url)
+        ready_s, stop_s, left, said = one_run(args.nodes, args.redis_url)
         stops.append(stop_s)
         bad += stop_s > LIMIT_S or left > 0
-        print(f"run {run:2d}: ready {ready_s:5.1f}s  Ctrl-C to all gone {stop_s:5.2f}s  left behind {left}", flush=True)
+        print(f"run {run:2d}: ready {ready_s:5.1f}s  Ctrl-C to all gone {stop_s:5.2f}s  left behind {left}  ({said})", flush=True)
     print(
         f"Ctrl-C over {len(stops)} runs: min {min(stops):.2f}s, median {statistics.median(stops):.2f}s, "
         f"max {max(stops):.2f}s (limit {LIMIT_S:.0f}s)"
