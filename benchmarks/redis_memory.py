@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -32,7 +30,7 @@ import redis
 
 from benchmarks.common import make_texts
 from tests.cluster import local_cluster, start
-from tests.redis_server import free_port
+from tests.redis_server import redis_server_process
 
 MODEL_ID = "all-minilm-l6-v2"
 # a loaded machine can starve a node's heartbeat thread for seconds while it loads a model
@@ -43,32 +41,8 @@ SLOW_MACHINE_ENV = {"INFERQ_HEARTBEAT_TTL_S": "30"}
 def small_redis(maxmemory: str) -> Iterator[str]:
     """A private redis-server with ``maxmemory`` and ``noeviction``: the configuration that
     protects queues and state from eviction."""
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="inferq-redis-mem-")
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--maxmemory", maxmemory, "--maxmemory-policy", "noeviction", "--dir", workdir,
-         "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+    with redis_server_process(["--maxmemory", maxmemory, "--maxmemory-policy", "noeviction"]) as (url, _):
         yield url
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def redis_report(client: redis.Redis) -> dict[str, Any]:

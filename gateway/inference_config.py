@@ -125,11 +125,14 @@ class ServiceSettings:
     element_type: str | None
 
 
-def _positive_int(settings: dict[str, Any], name: str, errors: list[str], *, required: bool) -> int | None:
+def _positive_int(
+    settings: dict[str, Any], name: str, errors: list[str], *, required: bool, section: str = "service_settings"
+) -> int | None:
+    """A positive integer setting of ``section``, with Elasticsearch's messages."""
     value = settings.pop(name, None)
     if value is None:
         if required:
-            errors.append(f"[service_settings] does not contain the required setting [{name}]")
+            errors.append(f"[{section}] does not contain the required setting [{name}]")
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         errors.append(
@@ -138,7 +141,7 @@ def _positive_int(settings: dict[str, Any], name: str, errors: list[str], *, req
         )
         return None
     if value <= 0:
-        errors.append(f"[service_settings] Invalid value [{value}]. [{name}] must be a positive integer")
+        errors.append(f"[{section}] Invalid value [{value}]. [{name}] must be a positive integer")
         return None
     return value
 
@@ -251,20 +254,7 @@ def parse_rerank_task_settings(raw: Any) -> dict[str, Any]:
 
 
 def _chunk_int(settings: dict[str, Any], name: str, errors: list[str]) -> int | None:
-    value = settings.pop(name, None)
-    if value is None:
-        errors.append(f"[chunking_settings] does not contain the required setting [{name}]")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        errors.append(
-            f"field [{name}] is not of the expected type. The value [{_java_value(value)}] cannot be converted to a "
-            "[Integer]"
-        )
-        return None
-    if value <= 0:
-        errors.append(f"[chunking_settings] Invalid value [{value}]. [{name}] must be a positive integer")
-        return None
-    return value
+    return _positive_int(settings, name, errors, required=True, section="chunking_settings")
 
 
 def parse_chunking(raw: Any) -> dict[str, Any]:
