@@ -46,7 +46,7 @@ class LocalCluster:
     def start_gateway_with(self, extra_env: dict[str, str], port: int | None = None) -> int:
         port = port or free_port()
         self.gateways.append(self._spawn(["gateway", "--port", str(port)], extra_env))
-        wait_http(f"http://127.0.0.1:{port}/", 30)
+        wait_http(f"http://127.0.0.1:{port}/", 90)
         return port
 
     def add_node(self, node_id: str, processors: int = 1, memory: str = "8gb", extra_env: dict[str, str] | None = None) -> None:
@@ -54,7 +54,7 @@ class LocalCluster:
             ["worker", "--node-id", node_id, "--processors", str(processors), "--memory", memory], extra_env
         )
         client = redis.Redis.from_url(self.redis_url)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # importing torch on a loaded 2-core machine can take a while
         while not client.exists(f"inferq:node:{node_id}:alive"):
             if time.monotonic() > deadline or self.nodes[node_id].poll() is not None:
                 raise RuntimeError(f"worker {node_id} did not register")
