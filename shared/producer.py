@@ -5,8 +5,10 @@ validate the input, build the cache digest, rank the deployment's nodes for that
 and run ``DISPATCH`` on the first node (a cache hit returns at once; no worker involved).
 A full queue falls through to the next node in the ranking; when every node is full the call
 raises ``QueueFull`` (never blocks). Replies come back on this producer's own reply list,
-read by one loop (``BLMPOP``: one round trip per wake-up, however many replies wait), so any
-number of requests in flight share a fixed number of connections.
+read by one loop (one round trip per wake-up, however many replies wait), so any number of
+requests in flight share a fixed number of connections. Replies are read without popping them
+and trimmed in the next round trip, once delivered: a reply read on a connection that dies
+(Redis restarting) is read again, never lost.
 
 Hot path: ``DISPATCH`` calls go through ``ScriptPipeline``: calls made while a round trip is in
 flight leave together in the next one (EVALSHA, pipelined on one connection), so under load a
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_MS = 10_000.0
 REPLY_TTL_S = 120
+REPLY_READ_COUNT = 256  # replies read per round trip at most
 
 
 @dataclass(frozen=True)
@@ -499,18 +502,29 @@ class Producer:
         self._waiting.pop(request_id, None)
 
     async def _read_replies(self) -> None:
+        """One round trip per wake-up: ``LTRIM`` what the last one delivered, ``BLMOVE`` the list
+        onto itself (waits, up to 1 s, until it holds a reply; pops nothing), ``LRANGE`` up to
+        ``REPLY_READ_COUNT``. Workers only push at the tail, so the trim removes exactly what
+        was read; replies read again after a failed round trip are duplicates, ignored."""
+        delivered = 0
         while not self._stopping:
             try:
-                item = await self.blocking.blmpop(1, 1, self.reply_key, direction="LEFT", count=256)
-                if item is None:
-                    continue
-                for raw in item[1]:
+                async with self.blocking.pipeline(transaction=False) as pipe:
+                    if delivered:
+                        pipe.ltrim(self.reply_key, delivered, -1)
+                    pipe.blmove(self.reply_key, self.reply_key, 1, "LEFT", "RIGHT")
+                    pipe.lrange(self.reply_key, 0, REPLY_READ_COUNT - 1)
+                    replies = await pipe.execute()
+                items = replies[-1]
+                for raw in items:
                     if isinstance(raw, (bytes, str)):
                         self._deliver(as_bytes(raw))
+                delivered = len(items)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep serving: Redis hiccups must not kill the reply path
                 log.warning("reply loop error: %s", exc)
+                delivered = 0  # read again what may not have been trimmed
                 await asyncio.sleep(0.1)
 
     def _deliver(self, raw: bytes) -> None:
