@@ -9,7 +9,8 @@ heartbeat TTL 6 s, planner every 1 s; one redis-server of its own per scenario).
    inferq process restarted), and the answers under load meanwhile. Without persistence the
    deployments are gone: the time to upload and start again is printed too.
 3. Probe errors while a 5 MB text is served (truncated, the default) and while a 500 KB text
-   runs in span windows: 2 probe clients, the answers that were not 200.
+   runs in span windows: 2 probe clients, the answers that were not 200 (the gateway's text
+   limit, 1 MiB by default, is raised to 8 MB for this).
 
     .venv/bin/python -m benchmarks.faults [--minilm]
 
@@ -32,7 +33,7 @@ import redis
 
 from tests.cluster import LocalCluster, local_cluster, start, upload
 from tests.faults.harness import Answer, Load, longest_gap_s, redis_process, serving_nodes, wait_until
-from tests.faults.test_huge_text import huge_infer
+from tests.faults.test_huge_text import HUGE_TEXTS, huge_infer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULTS = {"INFERQ_HEARTBEAT_TTL_S": "6", "INFERQ_PLANNER_INTERVAL_S": "1"}
@@ -99,7 +100,7 @@ def redis_restart(model: Any, *, aof: bool, sig: int) -> dict[str, Any]:
 
 
 def huge_texts(model: Any, span_bytes: int) -> dict[str, Any]:
-    with redis_process(aof=False) as server, local_cluster(server.url, env=DEFAULTS) as cluster:
+    with redis_process(aof=False) as server, local_cluster(server.url, env=DEFAULTS | HUGE_TEXTS) as cluster:
         deploy(cluster, model)
         out: dict[str, Any] = {}
         for name, size, config in (

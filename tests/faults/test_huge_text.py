@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 NODES = {"node-1", "node-2"}
 TTL_S = 3.0  # tests.cluster's heartbeat TTL
+HUGE_TEXTS = {"INFERQ_MAX_TEXT_BYTES": "8000000"}  # the gateway refuses texts over 1 MiB by default
 SENTENCE = "the quick brown fox jumps over the lazy dog while the cluster keeps serving requests . "
 
 
@@ -71,7 +72,7 @@ class Watch:
 
 
 def test_huge_texts_leave_probes_unharmed_and_nodes_registered(tiny_embedding_model: Any) -> None:
-    with redis_process(aof=False) as server, local_cluster(server.url) as cluster:
+    with redis_process(aof=False) as server, local_cluster(server.url, env=HUGE_TEXTS) as cluster:
         client = redis.Redis.from_url(cluster.redis_url)
         upload(cluster, "tiny", tiny_embedding_model)
         start(cluster, "tiny", "number_of_allocations=2&cache_size=0b&wait_for=fully_allocated")
