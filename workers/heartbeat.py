@@ -91,7 +91,7 @@ class Heartbeat:
                     raise BrokenPipeError(f"heartbeat process exited with {child.returncode}")
                 child.stdin.write(b"%d\n" % int(self.busy_s() * 1000))
                 child.stdin.flush()
-            except (BrokenPipeError, OSError, AssertionError) as exc:
+            except (OSError, ValueError, AssertionError) as exc:  # ValueError: the pipe closed by stop()
                 if self._stop.is_set():
                     return
                 log.warning("heartbeat process lost (%s): starting it again", exc)

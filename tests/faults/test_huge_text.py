@@ -9,6 +9,7 @@ import json
 import signal
 import threading
 import time
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -42,8 +43,11 @@ def huge_infer(url: str, size_bytes: int, config: dict[str, Any] | None = None) 
     request = urllib.request.Request(f"{url}/_ml/trained_models/tiny/_infer?timeout=120s", data=json.dumps(body).encode(),
                                      method="POST", headers={"Content-Type": "application/json"})  # fmt: skip
     sent = time.monotonic()
-    with urllib.request.urlopen(request, timeout=180) as response:
-        return Answer(sent, time.monotonic(), response.status, json.loads(response.read()))
+    try:
+        with urllib.request.urlopen(request, timeout=180) as response:
+            return Answer(sent, time.monotonic(), response.status, json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        return Answer(sent, time.monotonic(), exc.code, json.loads(exc.read() or b"null"))
 
 
 class Watch:

@@ -21,6 +21,7 @@ from tests.faults.harness import (
     serving_nodes,
     wait_until,
 )
+from tests.faults.test_huge_text import huge_infer
 
 pytestmark = pytest.mark.slow
 
@@ -68,22 +69,22 @@ def _holder(client: redis.Redis, deployment_id: str, besides: list[str]) -> str:
 
 
 def test_a_request_whose_worker_is_killed_twice_is_answered_with_an_error(tiny_embedding_model: Any) -> None:
-    # each allocation waits 4 s between taking a request and running it: time to kill its node
-    env = {"INFERQ_BATCH_WAIT_MS": "4000", "INFERQ_MAX_TAKE": "8"}
     nodes = [("node-1", 1), ("node-2", 1), ("node-3", 1)]
-    with redis_process(aof=False) as server, local_cluster(server.url, nodes=nodes, env=env) as cluster:
+    with redis_process(aof=False) as server, local_cluster(server.url, nodes=nodes) as cluster:
         client = redis.Redis.from_url(cluster.redis_url)
         upload(cluster, "tiny", tiny_embedding_model)
         start(cluster, "tiny", "number_of_allocations=3&cache_size=0b&wait_for=fully_allocated")
         wait_until(lambda: len(serving_nodes(client, "tiny")) == 3, 30, "three nodes serve")
         answers: list[Any] = []
-        sender = threading.Thread(target=lambda: answers.append(infer_once(cluster.url, "tiny", "poison", "60s")))
+        # a 300 KB text in span windows: its worker holds it for seconds, time to kill the node
+        slow = {"text_embedding": {"tokenization": {"bert": {"truncate": "none", "span": 0}}}}
+        sender = threading.Thread(target=lambda: answers.append(huge_infer(cluster.url, 300_000, slow)))
         sender.start()
         killed: list[str] = []
         for _ in range(2):  # kill whichever node holds it, twice
             killed.append(_holder(client, "tiny", killed))
             cluster.kill_node(killed[-1])
-        sender.join(timeout=60)
+        sender.join(timeout=120)
         (answer,) = answers
         assert answer.status == 500 and es_shaped(500, answer.body), answer
         assert "died [2] times" in answer.body["error"]["reason"]
