@@ -82,6 +82,27 @@ class LocalCluster:
         return http(method, self.url + path, body, timeout_s)
 
 
+def pause_process(pid: int, timeout_s: float = 10) -> None:
+    """SIGSTOP, then wait until every thread of the process is stopped: the signal reaches the
+    threads of a busy process on a loaded machine some milliseconds later, and a request sent
+    meanwhile can still be served."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as handle:
+                    states.append(handle.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                continue  # the thread ended
+        if all(state in ("T", "t") for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"process {pid} did not stop: {states}")
+        time.sleep(0.005)
+
+
 def wait_http(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.cluster import http, local_cluster, start, upload
+from tests.cluster import http, local_cluster, pause_process, start, upload
 from tests.faults.harness import Load, bad_answers, leaked_keys, redis_process, serving_nodes, wait_until
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def test_a_gateway_killed_mid_stop_and_mid_start_leaves_nothing_stuck(tiny_embed
         with Load(survivor_url, "steady", clients=2, timeout="60s") as load:
             load.wait_for_successes(10)
             for pid in workers:  # the nodes cannot let go of "doomed": the stop waits for them
-                os.kill(pid, signal.SIGSTOP)
+                pause_process(pid)
             try:
                 threading.Thread(
                     target=call, args=("POST", cluster.url + "/_ml/trained_models/doomed/deployment/_stop"), daemon=True

@@ -50,7 +50,13 @@ def test_beats_while_a_tokenizer_call_holds_the_gil_and_registers_again_when_for
     node_registry.register(client, "node-a", 2, 1 << 30, TTL_S)
     heartbeat.start()
     try:
-        text = "the quick brown fox jumps over the lazy dog . " * (2_000_000 // 46)  # 2 MB in span windows
+        sentence = "the quick brown fox jumps over the lazy dog . "
+        began = time.monotonic()
+        tokenizer.tokenize(sentence * (500_000 // len(sentence)))  # 500 KB: how fast is this machine now?
+        per_byte_s = (time.monotonic() - began) / 500_000
+        # a text whose tokenization (span windows: the whole text) holds the GIL for about 3 TTLs
+        size = min(12_000_000, max(1_000_000, int(3 * TTL_S / per_byte_s)))
+        text = sentence * (size // len(sentence))
         sets_before = int(client.info("commandstats").get("cmdstat_set", {}).get("calls", 0))
         began = time.monotonic()
         tokenizer.tokenize(text)  # holds this process's GIL for seconds (no thread of ours runs)

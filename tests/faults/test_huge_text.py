@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.cluster import local_cluster, start, upload
+from tests.cluster import local_cluster, pause_process, start, upload
 from tests.faults.harness import (
     Answer,
     Load,
@@ -90,7 +90,7 @@ def test_huge_texts_leave_probes_unharmed_and_nodes_registered(tiny_embedding_mo
             assert spanned.ok
             probes.wait_for_successes(len([a for a in probes.answers if a.ok]) + 5)
             for process in cluster.nodes.values():  # each node in turn makes no progress for 2 TTLs
-                process.send_signal(signal.SIGSTOP)
+                pause_process(process.pid)
                 try:
                     probes.wait_for_successes(len([a for a in probes.answers if a.ok]) + 5)
                     time.sleep(2 * TTL_S)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import LocalCluster, infer, local_cluster, start, upload
+from tests.cluster import LocalCluster, infer, local_cluster, pause_process, start, upload
 
 pytestmark = pytest.mark.slow
 
@@ -221,7 +221,7 @@ def test_stats_counters_are_exact(redis_url: str, minilm_traced: Any, tiny_embed
         for text in texts[:3]:  # cache hits
             assert infer(one, "tiny", [text])[0] == 200
         worker = one.nodes["only"]
-        os.kill(worker.pid, signal.SIGSTOP)  # nobody answers in time
+        pause_process(worker.pid)  # nobody answers in time
         try:
             status, body = one.call(
                 "POST", "/_ml/trained_models/tiny/_infer?timeout=200ms", {"docs": [{"text_field": "late " + unique_texts(1)[0]}]}

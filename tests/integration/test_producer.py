@@ -22,7 +22,7 @@ from shared import keys
 from shared.errors import NotFound, QueueFull, RequestTimeout
 from shared.producer import Producer
 from shared.sync_producer import SyncProducer
-from tests.cluster import LocalCluster, infer, local_cluster, start, upload
+from tests.cluster import LocalCluster, infer, local_cluster, pause_process, start, upload
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +114,7 @@ def node_of(cluster: LocalCluster, deployment_id: str) -> str:
 def paused(cluster: LocalCluster, node_id: str) -> Iterator[None]:
     """The node's process stopped (SIGSTOP): nothing is taken from its queues meanwhile."""
     process = cluster.nodes[node_id]
-    process.send_signal(signal.SIGSTOP)
+    pause_process(process.pid)
     try:
         yield
     finally:
