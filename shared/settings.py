@@ -102,6 +102,8 @@ class WorkerSettings:
     max_take: int = 32  # documents an allocation takes off its queue at once
     max_padding: float = 0.25  # share of a forward pass's tokens that may be padding
     bulk_take: int = 8  # bulk documents an allocation takes at once while interactive requests are about
+    max_take_tokens: int = 4096  # padded tokens (documents x longest row) one allocation takes at once
+    nice: int = 10  # added to the worker's scheduling niceness: gateways answer (429s) before inference
     model_dir: str = ""  # local copies of definitions, keyed by content hash
     confine: bool = True  # Landlock: the process writes only under model_dir and /dev (workers.confinement)
 
@@ -123,6 +125,8 @@ class WorkerSettings:
             max_take=_int(env, "INFERQ_MAX_TAKE", 32),
             max_padding=_float(env, "INFERQ_MAX_PADDING", 0.25),
             bulk_take=_int(env, "INFERQ_BULK_TAKE", 8),
+            max_take_tokens=_int(env, "INFERQ_MAX_TAKE_TOKENS", 4096),
+            nice=_int(env, "INFERQ_WORKER_NICE", 10),
             model_dir=_str(env, "INFERQ_MODEL_DIR", os.path.expanduser("~/.cache/inferq/models")),
             confine=_str(env, "INFERQ_WORKER_CONFINE", "on").lower() not in ("0", "off", "false", "no"),
         )
