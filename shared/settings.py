@@ -58,6 +58,7 @@ class GatewaySettings:
     adaptive_idle_s: float = 900.0  # adaptive allocations: no request this long scales to the minimum
     adaptive_cooldown_s: float = 300.0  # no scale-down this soon after a scale-up
     adaptive_interval_s: float = 1.0  # how often the scaler reads the stats
+    reuse_port: bool = False  # SO_REUSEPORT: more gateway processes on the same port
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -83,6 +84,7 @@ class GatewaySettings:
             adaptive_idle_s=_float(env, "INFERQ_ADAPTIVE_IDLE_S", 900.0),
             adaptive_cooldown_s=_float(env, "INFERQ_ADAPTIVE_COOLDOWN_S", 300.0),
             adaptive_interval_s=_float(env, "INFERQ_ADAPTIVE_INTERVAL_S", 1.0),
+            reuse_port=_str(env, "INFERQ_REUSE_PORT", "off").lower() in ("1", "on", "true", "yes"),
         )
 
 
