@@ -608,7 +608,9 @@ SWEEP: tuple[Knobs, ...] = (
     Knobs(64, 256, 0.25, 0, 4096),
     Knobs(32, 256, 0.25, 0, 2048),
     Knobs(32, 256, 0.25, 0, 8192),
-    Knobs(32, 256, 0.25, 0, 4096, 2048),
+    Knobs(32, 256, 0.25, 0, 4096, 2048),  # the defaults (issue 18)
+    Knobs(32, 256, 0.25, 0, 4096, 1024),
+    Knobs(64, 256, 0.25, 0, 4096, 2048),
 )
 
 
@@ -630,7 +632,7 @@ def sweep_phase(bench: Bench, files: dict[str, Path]) -> list[dict[str, Any]]:
     return out
 
 
-def matrix_cluster_phase(bench: Bench, files: dict[str, Path]) -> dict[str, Any]:
+def matrix_cluster_phase(bench: Bench, files: dict[str, Path], tiny: Any = None) -> dict[str, Any]:
     """The workload matrix on the main layout, fp32 then int8, and 429s under a burst."""
     from benchmarks.matrix import burst_phase, e2e_workloads
 
@@ -642,6 +644,14 @@ def matrix_cluster_phase(bench: Bench, files: dict[str, Path]) -> dict[str, Any]
         bench.deploy(deployment_id, plan.allocations, plan.threads, extra)
         out[label] = e2e_workloads(bench, files, deployment_id, (32, 1))
         bench.stop(deployment_id)
+    if tiny is not None:  # fixed costs: a model whose forward pass costs next to nothing
+        upload(bench.cluster, "tiny", tiny)
+        start(bench.cluster, "tiny", f"deployment_id=tiny-fixed&number_of_allocations={plan.allocations}"
+              f"&threads_per_allocation={plan.threads}&wait_for=fully_allocated&timeout=120s", timeout_s=180)  # fmt: skip
+        bench.wait_serving("tiny-fixed")
+        bench.texts_file = files["short"]
+        out["tiny"] = bench.wrk("tiny-fixed", "tiny-fixed", connections=32, duration_s=plan.e2e_s)
+        bench.stop("tiny-fixed")
     bench.texts_file = main_texts
     out["burst"] = burst_phase(bench, files["sentences"])
     return out
@@ -649,7 +659,7 @@ def matrix_cluster_phase(bench: Bench, files: dict[str, Path]) -> dict[str, Any]
 
 def cluster_phase(
     plan: Plan, traced: Any, texts_file: Path, log: Callable[[str], None], *, sweep: bool,
-    matrix_files: dict[str, Path] | None = None, full: bool = True,
+    matrix_files: dict[str, Path] | None = None, full: bool = True, tiny: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     with redis_server_process() as (redis_url, redis_pid), tempfile.TemporaryDirectory(prefix="inferq-bench-models-") as models:
         # a long heartbeat TTL: the worker is paused (SIGSTOP) while 429s are measured
@@ -663,7 +673,7 @@ def cluster_phase(
                 out: dict[str, Any] = {}
                 if matrix_files:
                     bench.measure_background(3.0)
-                    out["matrix"] = matrix_cluster_phase(bench, matrix_files)
+                    out["matrix"] = matrix_cluster_phase(bench, matrix_files, tiny)
                 if full:
                     out |= e2e_phase(bench)
                     out["latency_layout"] = latency_layout_phase(bench)
@@ -1074,13 +1084,17 @@ def run(args: argparse.Namespace) -> int:
         texts_file = write_texts(Path(work) / "texts.txt", texts)
         files = matrix.write_workload_files(Path(work), plan.texts)
         results["workload"] = {"texts": len(texts), "words_per_text": "8-40", "mean_chars": round(sum(map(len, texts)) / len(texts), 1)}
-        results["matrix"] = {"raw": matrix_raw_phase(plan, traced, files, log)}
+        from tests.tiny_models import build_tiny_model
+
+        tiny = trace_hf_model(build_tiny_model("text_embedding", Path(work)), "text_embedding")
+        results["matrix"] = {"raw": matrix_raw_phase(plan, traced, files, log, tiny)}
         if not args.matrix_only:
             results["raw"] = raw_phase(plan, traced, texts, log)
-        e2e = cluster_phase(plan, traced, texts_file, log, sweep=args.sweep, matrix_files=files, full=not args.matrix_only)
+        e2e = cluster_phase(plan, traced, texts_file, log, sweep=args.sweep, matrix_files=files, full=not args.matrix_only, tiny=tiny)
         results["matrix"]["e2e"] = e2e["matrix"]["fp32"]
         results["matrix"]["int8"] = {"e2e": e2e["matrix"]["int8"], "accuracy": results["matrix"]["raw"].pop("int8_accuracy")}
         results["matrix"]["burst"] = e2e["matrix"]["burst"]
+        results["matrix"]["tiny"] = {"e2e": e2e["matrix"]["tiny"], "raw": results["matrix"]["raw"].pop("tiny")}
         results["e2e"] = e2e
         if args.peers:
             results["matrix"]["peers"] = matrix.peers_phase(plan, model_dir, files, Path(work), log)
@@ -1118,8 +1132,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def matrix_raw_phase(plan: Plan, traced: Any, files: dict[str, Path], log: Callable[[str], None]) -> dict[str, Any]:
-    """Raw limits and batch-1 latency per workload, and the int8 module's accuracy."""
+def matrix_raw_phase(plan: Plan, traced: Any, files: dict[str, Path], log: Callable[[str], None], tiny: Any) -> dict[str, Any]:
+    """Raw limits and batch-1 latency per workload, the int8 module's accuracy, and the tiny
+    model's forward CPU per short query (what the fixed-cost row subtracts)."""
     from benchmarks import matrix
 
     model = RawModel(traced.torchscript, traced.config, traced.vocabulary)
@@ -1130,6 +1145,10 @@ def matrix_raw_phase(plan: Plan, traced: Any, files: dict[str, Path], log: Calla
     }  # fmt: skip
     out["int8_accuracy"] = matrix.int8_accuracy(model, texts, log)
     del model
+    small = RawModel(tiny.torchscript, tiny.config, tiny.vocabulary)
+    run = measure_raw(small, texts["short"], plan.allocations, plan.threads, 64, plan.raw_s, worker_chunk_limits())
+    out["tiny"] = run.to_json() | {"cpu_ms_per_item": run.cpu_ms_per_item}
+    log(f"raw tiny model, short queries: {run.items_per_s:.0f} items/s, {run.cpu_ms_per_item:.3f} CPU ms/item")
     return out
 
 

@@ -98,10 +98,10 @@ class WorkerSettings:
     hung_after_s: float = 60.0  # the node's process stalled this long stops heartbeating (declared dead)
     max_redeliveries: int = 1  # a request whose worker died holding it is run again this many times
     reconcile_interval_s: float = 0.5
-    max_batch_size: int = 8  # documents per forward pass (docs/benchmarks.md)
-    max_batch_tokens: int = 8192
+    max_batch_size: int = 32  # documents per forward pass (docs/benchmarks.md)
+    max_batch_tokens: int = 2048  # padded tokens per forward pass
     batch_wait_ms: float = 0.0
-    max_take: int = 32  # documents an allocation takes off its queue at once
+    max_take: int = 256  # documents an allocation takes off its queue at once (at most)
     max_padding: float = 0.25  # share of a forward pass's tokens that may be padding
     bulk_take: int = 8  # bulk documents an allocation takes at once while interactive requests are about
     max_take_tokens: int = 4096  # padded tokens (documents x longest row) one allocation takes at once
@@ -121,10 +121,10 @@ class WorkerSettings:
             hung_after_s=_float(env, "INFERQ_HUNG_AFTER_S", 60.0),
             max_redeliveries=_int(env, "INFERQ_MAX_REDELIVERIES", 1),
             reconcile_interval_s=_float(env, "INFERQ_RECONCILE_INTERVAL_S", 0.5),
-            max_batch_size=_int(env, "INFERQ_MAX_BATCH_SIZE", 8),
-            max_batch_tokens=_int(env, "INFERQ_MAX_BATCH_TOKENS", 8192),
+            max_batch_size=_int(env, "INFERQ_MAX_BATCH_SIZE", 32),
+            max_batch_tokens=_int(env, "INFERQ_MAX_BATCH_TOKENS", 2048),
             batch_wait_ms=_float(env, "INFERQ_BATCH_WAIT_MS", 0.0),
-            max_take=_int(env, "INFERQ_MAX_TAKE", 32),
+            max_take=_int(env, "INFERQ_MAX_TAKE", 256),
             max_padding=_float(env, "INFERQ_MAX_PADDING", 0.25),
             bulk_take=_int(env, "INFERQ_BULK_TAKE", 8),
             max_take_tokens=_int(env, "INFERQ_MAX_TAKE_TOKENS", 4096),

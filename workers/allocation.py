@@ -15,7 +15,10 @@ again (a request that kills its worker cannot knock over node after node).
 
 Knobs (``WorkerSettings``, docs/benchmarks.md): ``INFERQ_MAX_BATCH_SIZE`` (documents per
 forward pass; 1 turns batching off), ``INFERQ_MAX_TAKE`` (documents taken off the queue at
-once), ``INFERQ_MAX_BATCH_TOKENS`` (padded tokens per forward pass), ``INFERQ_MAX_PADDING``
+once, at most), ``INFERQ_MAX_TAKE_TOKENS`` (padded-token budget of one take: ``TAKE`` stops
+when documents × the longest estimated row would pass it, so short queries are taken by the
+hundred and long texts a few at a time; 0: count only), ``INFERQ_MAX_BATCH_TOKENS`` (padded
+tokens per forward pass), ``INFERQ_MAX_PADDING``
 (share of a pass's tokens that may be padding), ``INFERQ_BATCH_WAIT_MS`` (sleep after the
 first pop so more requests can join; 0 by default: under load the queue fills while the
 previous batch runs, and when idle a wait is pure latency).
@@ -58,10 +61,10 @@ BULK_EVERY = 4  # bulk's bounded share: a bulk take after this many interactive 
 
 @dataclass(frozen=True)
 class BatchLimits:
-    max_batch_size: int = 8
-    max_batch_tokens: int = 8192
+    max_batch_size: int = 32
+    max_batch_tokens: int = 2048
     batch_wait_ms: float = 0.0
-    max_take: int = 32
+    max_take: int = 256
     max_padding: float = 0.25
     bulk_take: int = 8  # bulk documents per take while interactive requests are about
     max_take_tokens: int = 4096  # padded-token budget of one take (0: count only)
