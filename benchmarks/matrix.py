@@ -51,6 +51,7 @@ VS_PEER_MIN = 1.5
 BURST_REJECT_P99_MAX_MS = 20.0
 INT8_COSINE_MIN = 0.99
 BURST_SIZE = 200
+SETTLE_S = 0.5
 RAW_BATCH_TOKENS = 4096  # the raw runs' wide batches: as many texts as make about this many tokens
 
 
@@ -117,12 +118,14 @@ def int8_accuracy(model: Any, workloads_texts: Mapping[str, Sequence[str]], log:
 
 
 def burst(host: str, port: int, path: str, bodies: Sequence[bytes], timeout_s: float = 30.0) -> list[tuple[int, float]]:
-    """One connection per body, opened first; then every request written at once and each
+    """One connection per body, opened first (and accepted: clients keep connections open);
+    then every request written at once and each
     response's latency taken when it is complete: (status, ms) per request.
 
     Plain non-blocking sockets and one epoll loop, so the client adds microseconds, not the
     milliseconds an asyncio stream per connection would add to the tail of 200 responses."""
     sockets = [socket.create_connection((host, port)) for _ in bodies]
+    time.sleep(SETTLE_S)  # the server has accepted them all: the burst measures requests, not accepts
     requests = [(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body for body in bodies]  # fmt: skip
     poller = select.epoll()
