@@ -332,7 +332,7 @@ def matrix_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 p32 = data["rows"][name]["32"]
                 ok = p32["status"]["200"] / max(p32["duration_s"], 1e-9)
                 peers[peer] = {"c32_per_s": round(ok, 1), "c1_p50_ms": data["rows"][name]["1"]["latency_ms"]["p50"],
-                               "inferq_vs_peer": round(c32["throughput_per_s"] / ok, 2) if ok else None}  # fmt: skip
+                               "inferq_vs_peer": round(c32["throughput_per_s"] / ok, 2) if ok else float("inf")}  # fmt: skip
         row["peers"] = peers
         rows.append(row)
     return rows
@@ -399,7 +399,7 @@ def matrix_targets(results: dict[str, Any]) -> list[tuple[str, str, str, float |
         allowed = r["raw_batch1_p50_ms"] + C1_SLACK_MS
         out.append((f"{r['workload']}: c=1 p50 vs raw batch-1", f"{r['e2e_c1_p50_ms']:.2f} ms (raw {r['raw_batch1_p50_ms']:.2f}, {r['c1_over_raw_ms']:+.2f})",
                     f"<= raw + {C1_SLACK_MS:g} ms", allowed / r["e2e_c1_p50_ms"], r["e2e_c1_p50_ms"] <= allowed))  # fmt: skip
-        ok_peers = {k: v for k, v in r["peers"].items() if "error" not in v}
+        ok_peers = {k: v for k, v in r["peers"].items() if "error" not in v and v.get("inferq_vs_peer")}
         if ok_peers:
             best = min(ok_peers.items(), key=lambda kv: kv[1]["inferq_vs_peer"])
             vs = best[1]["inferq_vs_peer"]

@@ -1105,6 +1105,8 @@ def run(args: argparse.Namespace) -> int:
                 results["baseline"] = baseline_phase(plan, model_dir, texts_file, log)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["elapsed_s"] = round(time.monotonic() - began, 1)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")  # first: what was measured is never lost
     targets = [] if args.matrix_only else evaluate(plan, results)
     targets += [Target(*t) for t in matrix.matrix_targets(results)]
     results["targets"] = [t.to_json() for t in targets]

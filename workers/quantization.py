@@ -14,9 +14,9 @@ quantized module and, while the lowest cosine between their outputs is under
 down-projections first, then the up-projections, then the rest). A model for which no group
 of linears can stay int8 is served in fp32.
 
-The result is cached per model next to its fp32 copy (``<sha256>.int8.pt`` and ``.json`` with
-the groups kept in fp32 and the measured cosine), so a restart or a second deployment loads it
-at once. No Redis keys: the definition comes from ``workers.runtime``.
+The decision is cached per model next to its fp32 copy (``<sha256>.int8.json``: the groups kept
+in fp32 and the measured cosine), so a restart or a second deployment quantizes in one pass,
+without the search. No Redis keys: the definition comes from ``workers.runtime``.
 """
 
 from __future__ import annotations
@@ -99,21 +99,26 @@ def quantize_int8(module: torch.jit.ScriptModule, task: Task, *, min_cosine: flo
 
 
 def load_or_quantize(
-    module: torch.jit.ScriptModule, task: Task, cache_path: Path | None
+    module: torch.jit.ScriptModule, task: Task, report_path: Path | None
 ) -> tuple[torch.jit.ScriptModule, QuantizationReport]:
-    """The int8 module from ``cache_path`` (``<sha256>.int8.pt``), or quantized now and cached there."""
-    report_path = cache_path.with_suffix(".json") if cache_path is not None else None
-    if cache_path is not None and report_path is not None and cache_path.exists() and report_path.exists():
+    """``module`` quantized as the cached report at ``report_path`` (``<sha256>.int8.json``) says,
+    or searched now (``quantize_int8``) and the report cached there.
+
+    Only the decision is cached, not the quantized archive: the module always comes from the
+    fp32 definition that ``workers.runtime.load_torchscript`` validated (the one loader; an int8
+    archive holds custom classes its checks refuse), and re-deriving it from the report is one
+    quantization pass, without the accuracy search's forward passes."""
+    if report_path is not None and report_path.exists():
         report = QuantizationReport(**json.loads(report_path.read_text()))
-        if report.scheme == "none":
-            return module, report
-        return torch.jit.load(str(cache_path), map_location="cpu"), report
+        weights = _linear_weights(module)
+        if report.linears == len(weights):
+            if report.scheme == "none":
+                return module, report
+            fp32 = {(int(o), int(i)) for o, i in (group.split("x") for group in report.fp32_groups)}
+            return _quantized(module, weights, fp32), report
+        log.warning("cached quantization report %s does not fit this model; searching again", report_path.name)
     quantized, report = quantize_int8(module, task)
-    if cache_path is not None and report_path is not None:
-        if report.scheme == "int8":
-            buffer = io.BytesIO()
-            torch.jit.save(quantized, buffer)
-            _write_atomically(cache_path, buffer.getvalue())
+    if report_path is not None:
         _write_atomically(report_path, json.dumps(asdict(report)).encode())
     return quantized, report
 
@@ -180,11 +185,12 @@ def _quantized(
 
 
 def _clone(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """A fresh, frozen copy of the (validated) fp32 module, through the one loader."""
+    from workers.runtime import load_torchscript
+
     buffer = io.BytesIO()
     torch.jit.save(module, buffer)
-    buffer.seek(0)
-    clone = torch.jit.load(buffer, map_location="cpu")
-    clone.eval()
+    clone = load_torchscript(buffer.getvalue())
     try:
         return torch.jit.freeze(clone)  # weights become constants (eland's traces keep attributes)
     except RuntimeError:

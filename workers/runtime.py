@@ -106,19 +106,19 @@ def load_model(client: redis.Redis, doc: dict[str, Any], model_dir: str) -> Load
     vocabulary = read_vocabulary(client, model_id)
     task = build_task(doc["inference_config"], vocabulary)
     if doc.get("quantization", "none") == "int8":
-        module = _quantized(module, task, Path(model_dir) / f"{sha256}.int8.pt" if model_dir else None)
+        module = _quantized(module, task, Path(model_dir) / f"{sha256}.int8.json" if model_dir else None)
     warm_up(module, task)
     log.info("loaded model %s (%s) for %s", model_id, sha256[:12], doc["deployment_id"])
     return LoadedModel(module=module, task=task, sha256=sha256)
 
 
-def _quantized(module: torch.jit.ScriptModule, task: Task, cache_path: Path | None) -> torch.jit.ScriptModule:
+def _quantized(module: torch.jit.ScriptModule, task: Task, report_path: Path | None) -> torch.jit.ScriptModule:
     """int8 linears where they keep the outputs within ``MIN_COSINE`` of fp32 (``workers.quantization``);
     a model that cannot be quantized is served as it is."""
     from workers.quantization import load_or_quantize
 
     try:
-        quantized, report = load_or_quantize(module, task, cache_path)
+        quantized, report = load_or_quantize(module, task, report_path)
     except Exception as exc:
         log.warning("int8 quantization failed, serving fp32: %s: %s", type(exc).__name__, exc)
         return module

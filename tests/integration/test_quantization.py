@@ -4,7 +4,6 @@ quantization of the uploaded TorchScript, linears put back in fp32 until the out
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from gateway.start_params import parse_start
 from shared import task_config
 from shared.errors import IllegalArgument
 from workers.quantization import CHECK_TEXTS, MIN_COSINE, cosines_to_fp32, load_or_quantize
+from workers.runtime import load_torchscript
 from workers.tasks import build_task
 
 pytestmark = pytest.mark.slow  # tracing and quantizing MiniLM: ~30 s of CPU
@@ -29,20 +29,20 @@ def kinds(module: torch.jit.ScriptModule) -> list[str]:
 
 
 def test_minilm_in_int8_stays_within_the_cosine_floor_and_is_cached(minilm_traced: Any, tmp_path: Path) -> None:
-    fp32 = torch.jit.load(io.BytesIO(minilm_traced.torchscript), map_location="cpu").eval()
+    fp32 = load_torchscript(minilm_traced.torchscript)
     task = build_task(task_config.normalize_inference_config(minilm_traced.config["inference_config"]), minilm_traced.vocabulary)
-    cache_path = tmp_path / "model.int8.pt"
+    report_path = tmp_path / "model.int8.json"
 
-    quantized, report = load_or_quantize(fp32, task, cache_path)
+    quantized, report = load_or_quantize(fp32, task, report_path)
 
     assert report.scheme == "int8"
     assert 0 < report.int8_linears < report.linears  # the feed-forward layers lose too much in int8
     assert report.min_cosine >= MIN_COSINE
     assert kinds(quantized).count("quantized::linear_dynamic") == report.int8_linears
     assert min(cosines_to_fp32(fp32, quantized, task, CHECK_TEXTS + OTHER_TEXTS)) >= MIN_COSINE
-    assert cache_path.exists() and cache_path.with_suffix(".json").exists()
+    assert report_path.exists()
 
-    cached, cached_report = load_or_quantize(fp32, task, cache_path)
+    cached, cached_report = load_or_quantize(fp32, task, report_path)  # from the report: no search
     assert cached_report == report
     assert kinds(cached) == kinds(quantized)
     assert cosines_to_fp32(quantized, cached, task) == pytest.approx([1.0] * len(CHECK_TEXTS), abs=1e-6)

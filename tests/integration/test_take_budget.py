@@ -8,7 +8,7 @@ import redis
 from shared.queue import TAKE
 from workers.batch_plan import TokenEstimate
 
-QUEUE, PROCESSING = "{t|n}:queue", "{t|n}:processing:a0"
+QUEUE, PROCESSING, BULK = "{t|n}:queue", "{t|n}:processing:a0", "{t|n}:bulk:queue"
 ESTIMATE = TokenEstimate(overhead_bytes=100, bytes_per_token=4.0, max_row_tokens=512)
 
 
@@ -19,9 +19,12 @@ def message(text_bytes: int, tag: int) -> bytes:
 
 
 def take(client: redis.Redis, n: int, budget: int, peers: int = 1) -> list[bytes]:
+    """The interactive lane's items (no bulk lane here: bulk_n 0)."""
     script = client.register_script(TAKE)
-    args = [n, peers, budget, ESTIMATE.overhead_bytes, ESTIMATE.bytes_per_token, ESTIMATE.max_row_tokens]
-    return list(script(keys=[QUEUE, PROCESSING], args=args))
+    args = [n, peers, 0, 0, budget, ESTIMATE.overhead_bytes, ESTIMATE.bytes_per_token, ESTIMATE.max_row_tokens]
+    interactive, bulk, _, _ = script(keys=[QUEUE, PROCESSING, BULK], args=args)
+    assert bulk == []
+    return list(interactive)
 
 
 def fill(client: redis.Redis, text_bytes: list[int]) -> list[bytes]:
