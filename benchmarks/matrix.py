@@ -21,9 +21,10 @@ Per workload, in one run:
 - **peers** (``--peers``, ``make bench-peers``): ``benchmarks.peers`` on the same texts at the
   same concurrencies.
 
-**429 burst**: a deployment with a small queue kept full by wrk (c=64) while the workers use
-both cores; then 200 requests sent at once from 200 open connections, three times, and the
-latency of each 429 — with the workers at their default niceness (+10) and at 0.
+**429 burst**: a deployment whose queue is full (a paused second node) while wrk keeps another
+deployment's workers computing on both cores; then 200 requests sent at once from 200 open
+connections, three times, and the latency of each 429 — with the workers at their default
+niceness (+10), at 0, and with two gateway processes.
 
 Goals per row: e2e c=32 ≥ 0.85× raw limit, c=1 p50 ≤ raw batch-1 + 2 ms, ≥ 1.5× the best peer;
 429 p99 ≤ 20 ms under the burst; int8 cosine ≥ 0.99.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import select
+import signal
 import socket
 import threading
 import time
@@ -196,35 +198,56 @@ BURST_SETUPS = ((10, 1), (0, 1), (10, 2))  # (worker niceness, gateway processes
 
 def burst_phase(bench: Any, texts_file: Path) -> dict[str, Any]:
     """429 latency for a burst of ``BURST_SIZE`` requests at a full queue while the workers
-    saturate the cores (wrk c=64 on the same deployment), per worker niceness and number of
-    gateway processes."""
+    saturate both cores, per worker niceness and number of gateway processes.
+
+    Two deployments: ``busy`` fills node-1 (all its processors) and wrk keeps it computing at
+    c=32 (a normal queue: no 429s of its own to compete with the burst); ``full`` has a queue of
+    one on a second node that is paused (SIGSTOP: it uses no CPU) with one stale request in it,
+    so every request of the burst is refused."""
     from urllib.parse import urlparse
+
+    from shared import keys
+    from shared.wire import InferRequest
 
     out: dict[str, Any] = {}
     lines = texts_file.read_text().splitlines()
+    plan = bench.plan
     for nice, gateways in BURST_SETUPS:
         label = f"nice {nice}, {gateways} gateway{'s' if gateways > 1 else ''}"
-        bench.restart_node(bench.plan.total_threads, {"INFERQ_WORKER_NICE": str(nice)})
-        deployment_id = f"minilm-burst-{nice}-{gateways}"
-        bench.deploy(deployment_id, bench.plan.allocations, bench.plan.threads, "&queue_capacity=16")
-        url = urlparse(bench.url(deployment_id))
+        bench.restart_node(plan.total_threads, {"INFERQ_WORKER_NICE": str(nice)})
+        busy, full = f"minilm-busy-{nice}-{gateways}", f"minilm-full-{nice}-{gateways}"
+        bench.deploy(busy, plan.allocations, plan.threads)  # node-1 only: it takes all its processors
+        bench.cluster.add_node("node-2", 1)
+        bench.deploy(full, 1, 1, "&queue_capacity=1")  # no room left on node-1: node-2
+        paused = bench.cluster.nodes["node-2"]
+        paused.send_signal(signal.SIGSTOP)
+        queue_key = keys.queue(full, "node-2")
+        stale = InferRequest(id="stale", reply_to="inferq:replies:bench-none", deployment_id=full, text="x",
+                             config={}, deadline_ms=0, enqueued_ms=0).pack()  # fmt: skip
+        while bench.client.llen(queue_key) < 1:  # the paused pop may still take one server-side
+            bench.client.lpush(queue_key, stale)
+            time.sleep(0.2)
+        url = urlparse(bench.url(full))
         load: dict[str, Any] = {}
 
-        def saturate(deployment: str = deployment_id, target: dict[str, Any] = load) -> None:
+        def saturate(deployment: str = busy, target: dict[str, Any] = load) -> None:
             target["wrk"] = run_wrk(bench.url(deployment), texts_file, mode="distinct", tag=bench.tag("burstload"),
-                                    connections=64, duration_s=12).to_json()  # fmt: skip
+                                    connections=32, duration_s=12).to_json()  # fmt: skip
 
         samples: list[tuple[int, float]] = []
-        with second_gateway(bench) if gateways > 1 else contextlib.nullcontext():
-            loader = threading.Thread(target=saturate, daemon=True)
-            loader.start()
-            time.sleep(4)  # the queue is full and both cores are busy
-            for round_ in range(3):
-                bodies = [json.dumps({"docs": [{"text_field": f"burst {label} {round_} {i} {lines[i % len(lines)]}"}]}).encode()
-                          for i in range(BURST_SIZE)]  # fmt: skip
-                samples += burst(url.hostname or "127.0.0.1", url.port or 80, url.path, bodies)
-                time.sleep(1.5)
-            loader.join()
+        try:
+            with second_gateway(bench) if gateways > 1 else contextlib.nullcontext():
+                loader = threading.Thread(target=saturate, daemon=True)
+                loader.start()
+                time.sleep(4)  # both cores busy with forward passes
+                for round_ in range(3):
+                    bodies = [json.dumps({"docs": [{"text_field": f"burst {label} {round_} {i} {lines[i % len(lines)]}"}]}).encode()
+                              for i in range(BURST_SIZE)]  # fmt: skip
+                    samples += burst(url.hostname or "127.0.0.1", url.port or 80, url.path, bodies)
+                    time.sleep(1.5)
+                loader.join()
+        finally:
+            paused.send_signal(signal.SIGCONT)
         rejected = [ms for status, ms in samples if status == 429]
         served = [ms for status, ms in samples if status == 200]
         out[label] = {
@@ -234,10 +257,12 @@ def burst_phase(bench: Any, texts_file: Path) -> dict[str, Any]:
                           "max": round(max(rejected, default=float("nan")), 2)},
             "load": load.get("wrk", {}),
         }  # fmt: skip
-        bench.log(f"burst ({label}): {len(rejected)} x 429 of {len(samples)}, p50 "
-                  f"{percentile(rejected, 50):.2f} ms, p99 {percentile(rejected, 99):.2f} ms")  # fmt: skip
-        bench.stop(deployment_id)
-    bench.restart_node(bench.plan.total_threads, {})
+        bench.log(f"burst ({label}): {len(rejected)} x 429 of {len(samples)}, p50 {percentile(rejected, 50):.2f} ms, "
+                  f"p99 {percentile(rejected, 99):.2f} ms; the busy deployment served {load.get('wrk', {}).get('throughput_per_s', 0)}/s")  # fmt: skip
+        bench.stop(full)
+        bench.stop(busy)
+        bench.cluster.kill_node("node-2", signal.SIGTERM)
+    bench.restart_node(plan.total_threads, {})
     return out
 
 
