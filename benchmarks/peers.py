@@ -112,11 +112,13 @@ def serve(peer: PeerSpec, model_dir: Path, threads: int, log_path: Path) -> Iter
                 "--log-level", "warning"]  # fmt: skip
         ready, url = f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{port}/embeddings"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=venv, start_new_session=True)
+        # its own process group (to stop Triton's server and stub with it), but the benchmark's
+        # session: a new session would be a new scheduler autogroup, without --nice's priority
+        proc = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=venv, process_group=0)
         try:
             _wait_ready(ready, proc, 300)
             yield url
-        finally:  # the whole session it started (Triton runs a server and a stub beside it)
+        finally:  # the whole group it started (Triton runs a server and a stub beside it)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
