@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-fast bench lint clean
+.PHONY: setup run test test-fast bench bench-peers lint clean
 
 setup:
 	@./scripts/bootstrap.sh
@@ -21,6 +21,10 @@ test-fast: setup
 bench: setup
 	@command -v wrk >/dev/null || echo "make bench: wrk is missing; it will be installed with apt-get (as root) or you will be asked to install it"
 	$(BIN)/python -m benchmarks.throughput --chart benchmarks/results/benchmark.png
+
+# also NVIDIA Triton (PyTriton) and infinity-emb, installed from PyPI into venvs under benchmarks/results/peers/
+bench-peers: setup
+	$(BIN)/python -m benchmarks.throughput --peers
 
 lint: setup
 	$(BIN)/ruff check .

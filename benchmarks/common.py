@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ def ensure_wrk() -> str:
         return found
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise RuntimeError("wrk is not installed: run `apt-get install -y wrk` (Debian/Ubuntu) as root")
+    print("benchmark: wrk is missing; installing the Debian package with apt-get install -y wrk", file=sys.stderr, flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
@@ -130,13 +132,14 @@ def run_wrk(
     threads: int = 1,
     repeat_count: int = 0,
     timeout_s: int = 30,
+    body_format: str = "es",
 ) -> WrkResult:
     """One wrk run of ``wrk/infer.lua``; CPU time of the client comes from its rusage."""
     threads = max(1, min(threads, connections))
     argv = [
         ensure_wrk(), "-t", str(threads), "-c", str(connections), "-d", f"{duration_s:g}s",
         "--timeout", f"{timeout_s}s", "--latency", "-s", str(WRK_SCRIPT), url,
-        "--", str(texts_file), mode, tag, str(threads), str(repeat_count),
+        "--", str(texts_file), mode, tag, str(threads), str(repeat_count), body_format,
     ]  # fmt: skip
     out_path = texts_file.parent / f"wrk-{tag}.out"
     with open(out_path, "wb") as out:

@@ -36,6 +36,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,7 +70,9 @@ from workers.batch_plan import ChunkLimits, Shape, plan_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "throughput.json"
-DEFAULT_CHART = ROOT / "docs" / "benchmark.png"
+DEFAULT_CHART = ROOT / "benchmarks" / "results" / "benchmark.png"  # the workload matrix (README chart)
+PUBLISHED_JSON = ROOT / "docs" / "benchmark.json"
+PUBLISHED_CHART = ROOT / "docs" / "benchmark.png"
 MODEL_ID = "minilm"
 NODE_ID = "node-1"
 TEXT_SEED = 6
@@ -126,6 +129,7 @@ class RawRun:
     elapsed_s: float
     batch_ms: list[float]
     planned: bool = False  # sorted by length into forward passes, as a worker does
+    cpu_s: float = 0.0  # CPU time of the measuring threads (each runs its own forward passes)
 
     @property
     def label(self) -> str:
@@ -134,6 +138,10 @@ class RawRun:
     @property
     def items_per_s(self) -> float:
         return self.items / self.elapsed_s
+
+    @property
+    def cpu_ms_per_item(self) -> float:
+        return round(self.cpu_s * 1000 / max(self.items, 1), 3)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -204,6 +212,7 @@ def measure_raw(
     items = [0]
     barrier = threading.Barrier(allocations)
     span: dict[str, float] = {}
+    cpu_s = [0.0]
 
     def next_batch() -> list[str]:
         with lock:
@@ -217,6 +226,7 @@ def measure_raw(
         with lock:
             span.setdefault("start", time.perf_counter())
         deadline = span["start"] + duration_s
+        cpu_started = time.thread_time()
         while time.perf_counter() < deadline:
             batch = next_batch()
             began = time.perf_counter()
@@ -226,9 +236,11 @@ def measure_raw(
                 batch_ms.append((ended - began) * 1000)
                 items[0] += len(batch)
                 span["end"] = max(span.get("end", 0.0), ended)
+        with lock:
+            cpu_s[0] += time.thread_time() - cpu_started
 
     _in_threads(allocations, threads, body)
-    return RawRun(allocations, threads, batch_size, items[0], span["end"] - span["start"], batch_ms, plan is not None)
+    return RawRun(allocations, threads, batch_size, items[0], span["end"] - span["start"], batch_ms, plan is not None, cpu_s[0])
 
 
 def measure_solo_latency(model: RawModel, texts: Sequence[str], threads: int, duration_s: float) -> dict[str, float]:
@@ -579,59 +591,97 @@ class Knobs:
     max_take: int
     max_padding: float
     batch_wait_ms: float = 0.0
+    max_take_tokens: int = 0  # 0: count only (before issue 18)
+    max_batch_tokens: int = 8192
 
     def env(self) -> dict[str, str]:
         return {"INFERQ_MAX_BATCH_SIZE": str(self.max_batch_size), "INFERQ_MAX_TAKE": str(self.max_take),
-                "INFERQ_MAX_PADDING": f"{self.max_padding:g}", "INFERQ_BATCH_WAIT_MS": f"{self.batch_wait_ms:g}"}  # fmt: skip
+                "INFERQ_MAX_PADDING": f"{self.max_padding:g}", "INFERQ_BATCH_WAIT_MS": f"{self.batch_wait_ms:g}",
+                "INFERQ_MAX_TAKE_TOKENS": str(self.max_take_tokens), "INFERQ_MAX_BATCH_TOKENS": str(self.max_batch_tokens)}  # fmt: skip
 
 
 SWEEP: tuple[Knobs, ...] = (
-    Knobs(1, 1, 1.0),  # batching off
-    Knobs(8, 8, 1.0),  # take a pass's worth, no sorting limit (the plain padded batch)
-    Knobs(8, 32, 1.0),
-    Knobs(8, 32, 0.1),
-    Knobs(8, 32, 0.25),  # the defaults
-    Knobs(8, 32, 0.5),
-    Knobs(8, 16, 0.25),
-    Knobs(8, 64, 0.25),
-    Knobs(16, 32, 0.25),
-    Knobs(32, 32, 0.25),
-    Knobs(8, 32, 0.25, 2.0),
+    Knobs(8, 32, 0.25),  # issue 6's defaults: a fixed count
+    Knobs(8, 256, 0.25, 0, 4096),
+    Knobs(16, 256, 0.25, 0, 4096),
+    Knobs(32, 256, 0.25, 0, 4096),
+    Knobs(64, 256, 0.25, 0, 4096),
+    Knobs(32, 256, 0.25, 0, 2048),
+    Knobs(32, 256, 0.25, 0, 8192),
+    Knobs(32, 256, 0.25, 0, 4096, 2048),  # the defaults (issue 18)
+    Knobs(32, 256, 0.25, 0, 4096, 1024),
+    Knobs(64, 256, 0.25, 0, 4096, 2048),
 )
 
 
-def sweep_phase(bench: Bench) -> list[dict[str, Any]]:
-    """The batching knobs, one worker restart per setting: c=32 throughput and c=1 latency."""
+def sweep_phase(bench: Bench, files: dict[str, Path]) -> list[dict[str, Any]]:
+    """The batching knobs, one worker restart per setting: c=32 throughput on every workload."""
     plan = bench.plan
     out: list[dict[str, Any]] = []
     for knobs in SWEEP:
         bench.restart_node(plan.total_threads, knobs.env())
         deployment_id = f"minilm-sweep-{len(out)}"
         bench.deploy(deployment_id, plan.allocations, plan.threads)
-        c32 = bench.wrk("sweep32", deployment_id, connections=32, duration_s=plan.short_s)
-        c1 = bench.wrk("sweep1", deployment_id, connections=1, duration_s=plan.short_s)
+        row: dict[str, Any] = {**asdict(knobs)}
+        for name, path in files.items():
+            bench.texts_file = path
+            row[name] = bench.wrk(f"sweep-{name}", deployment_id, connections=32, duration_s=plan.short_s)
         bench.stop(deployment_id)
-        out.append({**asdict(knobs), "c32": c32, "c1": c1})
+        out.append(row)
+    bench.restart_node(plan.total_threads, {})
     return out
 
 
-def cluster_phase(plan: Plan, traced: Any, texts_file: Path, log: Callable[[str], None], *, sweep: bool) -> dict[str, Any]:
+def matrix_cluster_phase(bench: Bench, files: dict[str, Path], tiny: Any = None) -> dict[str, Any]:
+    """The workload matrix on the main layout, fp32 then int8, and 429s under a burst."""
+    from benchmarks.matrix import burst_phase, e2e_workloads
+
+    plan = bench.plan
+    out: dict[str, Any] = {}
+    main_texts = bench.texts_file
+    for label, extra in (("fp32", ""), ("int8", "&inferq_quantization=int8")):
+        deployment_id = f"minilm-matrix-{label}"
+        bench.deploy(deployment_id, plan.allocations, plan.threads, extra)
+        out[label] = e2e_workloads(bench, files, deployment_id, (32, 1))
+        bench.stop(deployment_id)
+    if tiny is not None:  # fixed costs: a model whose forward pass costs next to nothing
+        upload(bench.cluster, "tiny", tiny)
+        start(bench.cluster, "tiny", f"deployment_id=tiny-fixed&number_of_allocations={plan.allocations}"
+              f"&threads_per_allocation={plan.threads}&wait_for=fully_allocated&timeout=120s", timeout_s=180)  # fmt: skip
+        bench.wait_serving("tiny-fixed")
+        bench.texts_file = files["short"]
+        out["tiny"] = bench.wrk("tiny-fixed", "tiny-fixed", connections=32, duration_s=plan.e2e_s)
+        bench.stop("tiny-fixed")
+    bench.texts_file = main_texts
+    out["burst"] = burst_phase(bench, files["sentences"])
+    return out
+
+
+def cluster_phase(
+    plan: Plan, traced: Any, texts_file: Path, log: Callable[[str], None], *, sweep: bool,
+    matrix_files: dict[str, Path] | None = None, full: bool = True, tiny: Any = None,
+) -> dict[str, Any]:  # fmt: skip
     with redis_server_process() as (redis_url, redis_pid), tempfile.TemporaryDirectory(prefix="inferq-bench-models-") as models:
         # a long heartbeat TTL: the worker is paused (SIGSTOP) while 429s are measured
-        env = {"INFERQ_HEARTBEAT_TTL_S": "60", "INFERQ_MODEL_DIR": models}
+        env = {"INFERQ_HEARTBEAT_TTL_S": "60", "INFERQ_MODEL_DIR": models, "INFERQ_REUSE_PORT": "on"}
         with local_cluster(redis_url, nodes=[(NODE_ID, plan.total_threads)], env=env) as cluster:
             client = redis.Redis.from_url(cluster.redis_url)
             try:
                 log(f"cluster up at {cluster.url}; uploading {MODEL_ID}")
                 upload(cluster, MODEL_ID, traced)
                 bench = Bench(plan, cluster, client, redis_pid, texts_file, log)
-                out = e2e_phase(bench)
-                out["latency_layout"] = latency_layout_phase(bench)
-                out["reject"] = reject_phase(bench)
-                out["allocations_no_batching"] = allocations_phase(bench)
-                out["memory"] = memory_phase(bench)
-                if sweep:
-                    out["sweep"] = sweep_phase(bench)
+                out: dict[str, Any] = {}
+                if matrix_files:
+                    bench.measure_background(3.0)
+                    out["matrix"] = matrix_cluster_phase(bench, matrix_files, tiny)
+                if full:
+                    out |= e2e_phase(bench)
+                    out["latency_layout"] = latency_layout_phase(bench)
+                    out["reject"] = reject_phase(bench)
+                    out["allocations_no_batching"] = allocations_phase(bench)
+                    out["memory"] = memory_phase(bench)
+                if sweep and matrix_files:
+                    out["sweep"] = sweep_phase(bench, matrix_files)
                 return out
             finally:
                 client.close()
@@ -821,22 +871,70 @@ def render_table(plan: Plan, results: dict[str, Any], targets: Sequence[Target])
                      f"p50 {run['latency_ms']['p50']:.2f} ms, p99 {run['latency_ms']['p99']:.2f} ms")  # fmt: skip
     nob = results["e2e"]["allocations_no_batching"]
     lines.append(f"batching off, c=8: 1x1 {nob['1x1']['throughput_per_s']:.1f}/s, 2x1 {nob['2x1']['throughput_per_s']:.1f}/s")
-    if "sweep" in results["e2e"]:
+    if targets:
         lines.append("")
-        lines.append(f"batching knobs ({plan.allocations}x{plan.threads} allocations): "
-                     "max_batch_size / max_take / max_padding / batch_wait_ms")  # fmt: skip
-        lines.append(f"  {'size':>5} {'take':>5} {'pad':>5} {'wait':>5}  {'c=32 /s':>8} {'p50':>8} {'p99':>8}  {'c=1 p50':>8} {'p99':>8}")
-        for row in results["e2e"]["sweep"]:
-            c32, c1 = row["c32"], row["c1"]
-            lines.append(f"  {row['max_batch_size']:>5} {row['max_take']:>5} {row['max_padding']:>5g} {row['batch_wait_ms']:>5g}  "
-                         f"{c32['throughput_per_s']:>8.1f} {c32['latency_ms']['p50']:>8.1f} {c32['latency_ms']['p99']:>8.1f}  "
-                         f"{c1['latency_ms']['p50']:>8.2f} {c1['latency_ms']['p99']:>8.2f}")  # fmt: skip
-    lines.append("")
-    lines.append(f"{'target':<52} {'measured':<62} {'goal':<38} {'x goal':>7}  met")
+        lines.append(render_targets(targets))
+    return "\n".join(lines)
+
+
+def render_targets(targets: Sequence[Target]) -> str:
+    lines = [f"{'target':<52} {'measured':<62} {'goal':<38} {'x goal':>7}  met"]
     for t in targets:
         ratio = "-" if t.ratio is None else f"{t.ratio:.2f}"
         lines.append(f"{t.name:<52} {t.measured:<62} {t.goal:<38} {ratio:>7}  {'yes' if t.met else 'NO'}")
     return "\n".join(lines)
+
+
+def render_sweep(plan: Plan, sweep: Sequence[dict[str, Any]]) -> str:
+    from benchmarks.matrix import WORKLOADS
+
+    lines = [f"batching knobs ({plan.allocations}x{plan.threads} allocations), c=32 req/s per workload: "
+             "max_batch_size / max_take / max_take_tokens (0: a fixed count) / max_batch_tokens"]  # fmt: skip
+    lines.append(f"  {'size':>5} {'take':>5} {'take tok':>8} {'pass tok':>8}" + "".join(f" {w.name:>10}" for w in WORKLOADS))
+    for row in sweep:
+        lines.append(f"  {row['max_batch_size']:>5} {row['max_take']:>5} {row['max_take_tokens']:>8} {row['max_batch_tokens']:>8}"
+                     + "".join(f" {row[w.name]['throughput_per_s']:>10.1f}" for w in WORKLOADS))  # fmt: skip
+    return "\n".join(lines)
+
+
+def draw_matrix_chart(results: dict[str, Any], path: Path) -> bool:
+    """Per workload: the raw limit, inferq end to end (fp32, int8) and each peer, at c=32."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install matplotlib)", file=sys.stderr)
+        return False
+    from benchmarks.matrix import matrix_rows
+
+    rows = matrix_rows(results)
+    series: list[tuple[str, list[float]]] = [
+        ("raw batched forward (the limit)", [r["raw_limit_per_s"] for r in rows]),
+        ("inferq, HTTP end to end", [r["e2e_c32_per_s"] for r in rows]),
+    ]
+    if rows and "int8_c32_per_s" in rows[0]:
+        series.append(("inferq, int8 deployment", [r["int8_c32_per_s"] for r in rows]))
+    for peer, data in results["matrix"].get("peers", {}).items():
+        series.append((data.get("title", peer) + (" (failed)" if "error" in data else ""),
+                       [r["peers"][peer].get("c32_per_s", 0.0) for r in rows]))  # fmt: skip
+    fig, ax = plt.subplots(figsize=(11, 4.4))
+    width = 0.8 / len(series)
+    for k, (label, values) in enumerate(series):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(rows))]
+        ax.bar(xs, values, width, label=label)
+    ax.set_xticks(range(len(rows)), [f"{r['title']}\n(~{r['mean_tokens']:.0f} tokens)" for r in rows], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("requests / s at 32 connections (log)")
+    machine = results["machine"]
+    ax.set_title(f"all-MiniLM-L6-v2 on {machine['cpus']} CPUs, one document per request, distinct texts")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def draw_chart(plan: Plan, results: dict[str, Any], path: Path) -> bool:
@@ -920,7 +1018,10 @@ def main(argv: list[str] | None = None) -> int:
         "scheduler autogroup the same (negative: root only); on a shared machine, -10 keeps other "
         "work from skewing the ratios",
     )  # fmt: skip
-    parser.add_argument("--sweep", action="store_true", help="also measure the batching knobs (one worker restart each)")
+    parser.add_argument("--sweep", action="store_true", help="also measure the batching knobs on every workload (one worker restart each)")
+    parser.add_argument("--peers", action="store_true", help="also measure Triton (PyTriton) and infinity-emb (benchmarks.peers; installs them into ignored venvs)")
+    parser.add_argument("--matrix-only", action="store_true", help="only the workload matrix (and --sweep / --peers): no baseline, hits, memory")
+    parser.add_argument("--publish", action="store_true", help="copy the JSON and the chart to docs/ (tracked files; otherwise nothing outside benchmarks/results/ is written)")
     parser.add_argument("--skip-baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     with scheduling_priority(args.nice):
@@ -976,28 +1077,81 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {"machine": machine_info(), "plan": plan.__dict__ | {"layouts": plan.layouts()}}
     log(f"tracing {model_dir.name}")
     traced = trace_hf_model(model_dir, "text_embedding")
+    from benchmarks import matrix
+
     with tempfile.TemporaryDirectory(prefix="inferq-bench-") as work:
         texts = make_texts(plan.texts, TEXT_SEED)
         texts_file = write_texts(Path(work) / "texts.txt", texts)
+        files = matrix.write_workload_files(Path(work), plan.texts)
         results["workload"] = {"texts": len(texts), "words_per_text": "8-40", "mean_chars": round(sum(map(len, texts)) / len(texts), 1)}
-        results["raw"] = raw_phase(plan, traced, texts, log)
-        results["e2e"] = cluster_phase(plan, traced, texts_file, log, sweep=args.sweep)
-        if args.skip_baseline:
-            results["baseline"] = {str(c): {"throughput_per_s": float("nan"), "latency_ms": {"p50": float("nan"), "p99": float("nan")}} for c in plan.concurrencies}
-        else:
-            results["baseline"] = baseline_phase(plan, model_dir, texts_file, log)
+        from tests.tiny_models import build_tiny_model
+
+        tiny = trace_hf_model(build_tiny_model("text_embedding", Path(work)), "text_embedding")
+        results["matrix"] = {"raw": matrix_raw_phase(plan, traced, files, log, tiny)}
+        if not args.matrix_only:
+            results["raw"] = raw_phase(plan, traced, texts, log)
+        e2e = cluster_phase(plan, traced, texts_file, log, sweep=args.sweep, matrix_files=files, full=not args.matrix_only, tiny=tiny)
+        results["matrix"]["e2e"] = e2e["matrix"]["fp32"]
+        results["matrix"]["int8"] = {"e2e": e2e["matrix"]["int8"], "accuracy": results["matrix"]["raw"].pop("int8_accuracy")}
+        results["matrix"]["burst"] = e2e["matrix"]["burst"]
+        results["matrix"]["tiny"] = {"e2e": e2e["matrix"]["tiny"], "raw": results["matrix"]["raw"].pop("tiny")}
+        results["e2e"] = e2e
+        if args.peers:
+            results["matrix"]["peers"] = matrix.peers_phase(plan, model_dir, files, Path(work), log)
+        if not args.matrix_only:
+            if args.skip_baseline:
+                results["baseline"] = {str(c): {"throughput_per_s": float("nan"), "latency_ms": {"p50": float("nan"), "p99": float("nan")}} for c in plan.concurrencies}
+            else:
+                results["baseline"] = baseline_phase(plan, model_dir, texts_file, log)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["elapsed_s"] = round(time.monotonic() - began, 1)
-    targets = evaluate(plan, results)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")  # first: what was measured is never lost
+    targets = [] if args.matrix_only else evaluate(plan, results)
+    targets += [Target(*t) for t in matrix.matrix_targets(results)]
     results["targets"] = [t.to_json() for t in targets]
     print()
-    print(render_table(plan, results, targets))
+    if not args.matrix_only:
+        print(render_table(plan, results, []))
+        print()
+    if "sweep" in e2e:
+        print(render_sweep(plan, e2e["sweep"]))
+        print()
+    print(matrix.render_matrix(results))
+    print()
+    print(render_targets(targets))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.json}")
-    if draw_chart(plan, results, args.chart):
+    if draw_matrix_chart(results, args.chart):
         print(f"drew {args.chart}")
+    if not args.matrix_only and draw_chart(plan, results, args.chart.with_name("benchmark-concurrency.png")):
+        print(f"drew {args.chart.with_name('benchmark-concurrency.png')}")
+    if args.publish:
+        shutil.copyfile(args.json, PUBLISHED_JSON)
+        shutil.copyfile(args.chart, PUBLISHED_CHART)
+        print(f"published {PUBLISHED_JSON} and {PUBLISHED_CHART}")
     return 0
+
+
+def matrix_raw_phase(plan: Plan, traced: Any, files: dict[str, Path], log: Callable[[str], None], tiny: Any) -> dict[str, Any]:
+    """Raw limits and batch-1 latency per workload, the int8 module's accuracy, and the tiny
+    model's forward CPU per short query (what the fixed-cost row subtracts)."""
+    from benchmarks import matrix
+
+    model = RawModel(traced.torchscript, traced.config, traced.vocabulary)
+    texts = {name: path.read_text().splitlines() for name, path in files.items()}
+    out: dict[str, Any] = {
+        name: matrix.raw_workload(model, workload_texts, plan.allocations, plan.threads, plan.raw_s, worker_chunk_limits(), log, name)
+        for name, workload_texts in texts.items()
+    }  # fmt: skip
+    out["int8_accuracy"] = matrix.int8_accuracy(model, texts, log)
+    del model
+    small = RawModel(tiny.torchscript, tiny.config, tiny.vocabulary)
+    run = measure_raw(small, texts["short"], plan.allocations, plan.threads, 64, plan.raw_s, worker_chunk_limits())
+    out["tiny"] = run.to_json() | {"cpu_ms_per_item": run.cpu_ms_per_item}
+    log(f"raw tiny model, short queries: {run.items_per_s:.0f} items/s, {run.cpu_ms_per_item:.3f} CPU ms/item")
+    return out
 
 
 if __name__ == "__main__":

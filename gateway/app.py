@@ -172,4 +172,7 @@ def run(settings: GatewaySettings) -> None:
     web.run_app(
         app, host=settings.host, port=settings.port, access_log=None, print=None,
         keepalive_timeout=settings.idle_timeout_s, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        # several gateway processes may listen on one port (INFERQ_REUSE_PORT): the kernel spreads
+        # connections over them, for when one event loop's CPU is not enough
+        reuse_port=settings.reuse_port or None,
     )

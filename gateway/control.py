@@ -159,6 +159,7 @@ class ControlPlane:
             "cache_size_bytes": cache_bytes,
             "cache_size_explicit": params.cache_size_bytes is not None,
             "cache_policy": "lfu",
+            "quantization": params.quantization,
             "memory_bytes": estimate_memory_bytes(
                 model_bytes,
                 per_deployment_memory_bytes=int(metadata.get("per_deployment_memory_bytes", 0)),

@@ -7,14 +7,14 @@ from aiohttp import web
 from gateway.app_keys import CONTROL, PRODUCER, REDIS
 from gateway.http import check_params, json_response, read_object
 from gateway.inference_api import check_deployment_change
-from gateway.start_params import START_PARAMS, parse_start, parse_stop, parse_update
+from gateway.start_params import EXTENSION_PARAMS, START_PARAMS, parse_start, parse_stop, parse_update
 from shared import keys
 from shared.cache import clear_cache
 from shared.errors import Conflict, deployment_not_found
 
 
 async def start_deployment(request: web.Request) -> web.Response:
-    check_params(request, START_PARAMS)
+    check_params(request, (*START_PARAMS, *EXTENSION_PARAMS))
     body = await read_object(request, required=False)
     params = parse_start(request.match_info["model_id"], request.query, body)
     assignment = await request.app[CONTROL].start(params)

@@ -22,6 +22,10 @@ MAX_QUEUE_CAPACITY = 100_000
 DEFAULT_START_TIMEOUT_MS = 30_000.0
 WAIT_FOR_VALUES = ("starting", "started", "fully_allocated")
 PRIORITIES = ("normal", "low")
+# inferq extensions (not Elasticsearch's): inferq_quantization=int8 serves the deployment with
+# int8 linear layers where they stay within 0.99 cosine of fp32 (workers/quantization.py)
+QUANTIZATIONS = ("none", "int8")
+EXTENSION_PARAMS = ("inferq_quantization",)
 
 START_PARAMS = (
     "deployment_id",
@@ -35,7 +39,7 @@ START_PARAMS = (
     "model_threads",
     "inference_threads",
 )
-START_BODY_FIELDS = (*START_PARAMS, "model_id", "adaptive_allocations")
+START_BODY_FIELDS = (*START_PARAMS, *EXTENSION_PARAMS, "model_id", "adaptive_allocations")
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class StartParams:
     wait_for: str
     priority: str
     adaptive_allocations: AdaptiveAllocations | None = None
+    quantization: str = "none"
 
 
 def merge_params(
@@ -81,7 +86,7 @@ def parse_start(model_id: str, query: Mapping[str, str], body: Mapping[str, Any]
             raise XContentParseError(f"[1:2] [start_trained_model_deployment] unknown field [{name}]")
     if "model_id" in body and body["model_id"] != model_id:
         raise BadRequest(f"Inconsistent model_id; '{body['model_id']}' specified in the body differs from '{model_id}' specified as a URL argument")
-    raw = merge_params(query, body, START_PARAMS)
+    raw = merge_params(query, body, (*START_PARAMS, *EXTENSION_PARAMS))
     if "number_of_allocations" not in raw and "model_threads" in raw:
         raw["number_of_allocations"] = raw["model_threads"]
     if "threads_per_allocation" not in raw and "inference_threads" in raw:
@@ -96,6 +101,9 @@ def parse_start(model_id: str, query: Mapping[str, str], body: Mapping[str, Any]
     priority = str(raw.get("priority", "normal")).lower()
     if priority not in PRIORITIES:
         raise IllegalArgument(f"No enum constant org.elasticsearch.xpack.core.ml.inference.assignment.Priority.{priority.upper()}")
+    quantization = str(raw.get("inferq_quantization", "none")).lower()
+    if quantization not in QUANTIZATIONS:
+        raise IllegalArgument(f"[inferq_quantization] must be one of {list(QUANTIZATIONS)}, got [{raw['inferq_quantization']}]")
     timeout_ms = parse_time_ms(raw["timeout"], "timeout") if "timeout" in raw else DEFAULT_START_TIMEOUT_MS
     cache_size_bytes: int | None = None
     cache_text: str | None = None
@@ -149,6 +157,7 @@ def parse_start(model_id: str, query: Mapping[str, str], body: Mapping[str, Any]
         wait_for=wait_for,
         priority=priority,
         adaptive_allocations=adaptive,
+        quantization=quantization,
     )
 
 

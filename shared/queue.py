@@ -8,7 +8,8 @@ unchanged on Redis Cluster.
   else the bounded LPUSH; a full queue counts a rejection. One round trip.
 - ``TAKE``: move up to N items into an allocation's processing list (batching), at most its
   share of the queue; the interactive lane first, the bulk lane when it is empty or when the
-  allocation's bounded bulk share is due (the search lane).
+  allocation's bounded bulk share is due (the search lane); with a budget, no more than fit
+  a padded-token budget (documents x the longest estimated row).
 - ``COMPLETE``: drop the processing list, cache the new results (while Redis has headroom),
   record stats.
 - ``REQUEUE``: move a list's items back to a queue (an allocation's own work after a Redis error).
@@ -54,6 +55,9 @@ return {2}
 # allocation's bounded bulk share) up to bulk_n bulk items, at most a 1/peers share of the bulk
 # lane. A take never mixes the lanes. Returns {interactive items, bulk items, interactive left,
 # bulk left}; the items are in the processing list.
+# Optional ARGV 5-8: budget_tokens, overhead_bytes, bytes_per_token, max_row_tokens
+# (workers.batch_plan.TokenEstimate): a lane's take then also stops before items x the longest
+# estimated row would pass the budget (shared/lua/queue.lua queue_take_tokens).
 TAKE = compose(
     "queue",
     body="""
@@ -64,13 +68,20 @@ local function share(key, most)
   if peers > 1 then most = math.min(most, math.ceil(queued / peers)) end
   return math.min(most, queued), queued
 end
+local budget = tonumber(ARGV[5] or '0')
+local function take(key, count)
+  if budget > 0 then
+    return queue_take_tokens(key, KEYS[2], count, budget, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+  end
+  return queue_take(key, KEYS[2], count)
+end
 local interactive, bulk = {}, {}
 local ni, li = share(KEYS[1], n)
 local nb, lb = share(KEYS[3], bulk_n)
 if nb > 0 and (ni == 0 or bulk_first) then
-  bulk = queue_take(KEYS[3], KEYS[2], nb)
+  bulk = take(KEYS[3], nb)
 else
-  interactive = queue_take(KEYS[1], KEYS[2], ni)
+  interactive = take(KEYS[1], ni)
 end
 return {interactive, bulk, li - #interactive, lb - #bulk}
 """,

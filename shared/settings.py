@@ -58,6 +58,7 @@ class GatewaySettings:
     adaptive_idle_s: float = 900.0  # adaptive allocations: no request this long scales to the minimum
     adaptive_cooldown_s: float = 300.0  # no scale-down this soon after a scale-up
     adaptive_interval_s: float = 1.0  # how often the scaler reads the stats
+    reuse_port: bool = False  # SO_REUSEPORT: more gateway processes on the same port
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -83,6 +84,7 @@ class GatewaySettings:
             adaptive_idle_s=_float(env, "INFERQ_ADAPTIVE_IDLE_S", 900.0),
             adaptive_cooldown_s=_float(env, "INFERQ_ADAPTIVE_COOLDOWN_S", 300.0),
             adaptive_interval_s=_float(env, "INFERQ_ADAPTIVE_INTERVAL_S", 1.0),
+            reuse_port=_str(env, "INFERQ_REUSE_PORT", "off").lower() in ("1", "on", "true", "yes"),
         )
 
 
@@ -96,12 +98,14 @@ class WorkerSettings:
     hung_after_s: float = 60.0  # the node's process stalled this long stops heartbeating (declared dead)
     max_redeliveries: int = 1  # a request whose worker died holding it is run again this many times
     reconcile_interval_s: float = 0.5
-    max_batch_size: int = 8  # documents per forward pass (docs/benchmarks.md)
-    max_batch_tokens: int = 8192
+    max_batch_size: int = 32  # documents per forward pass (docs/benchmarks.md)
+    max_batch_tokens: int = 2048  # padded tokens per forward pass
     batch_wait_ms: float = 0.0
-    max_take: int = 32  # documents an allocation takes off its queue at once
+    max_take: int = 256  # documents an allocation takes off its queue at once (at most)
     max_padding: float = 0.25  # share of a forward pass's tokens that may be padding
     bulk_take: int = 8  # bulk documents an allocation takes at once while interactive requests are about
+    max_take_tokens: int = 4096  # padded tokens (documents x longest row) one allocation takes at once
+    nice: int = 10  # added to the worker's scheduling niceness: gateways answer (429s) before inference
     model_dir: str = ""  # local copies of definitions, keyed by content hash
     confine: bool = True  # Landlock: the process writes only under model_dir and /dev (workers.confinement)
 
@@ -117,12 +121,14 @@ class WorkerSettings:
             hung_after_s=_float(env, "INFERQ_HUNG_AFTER_S", 60.0),
             max_redeliveries=_int(env, "INFERQ_MAX_REDELIVERIES", 1),
             reconcile_interval_s=_float(env, "INFERQ_RECONCILE_INTERVAL_S", 0.5),
-            max_batch_size=_int(env, "INFERQ_MAX_BATCH_SIZE", 8),
-            max_batch_tokens=_int(env, "INFERQ_MAX_BATCH_TOKENS", 8192),
+            max_batch_size=_int(env, "INFERQ_MAX_BATCH_SIZE", 32),
+            max_batch_tokens=_int(env, "INFERQ_MAX_BATCH_TOKENS", 2048),
             batch_wait_ms=_float(env, "INFERQ_BATCH_WAIT_MS", 0.0),
-            max_take=_int(env, "INFERQ_MAX_TAKE", 32),
+            max_take=_int(env, "INFERQ_MAX_TAKE", 256),
             max_padding=_float(env, "INFERQ_MAX_PADDING", 0.25),
             bulk_take=_int(env, "INFERQ_BULK_TAKE", 8),
+            max_take_tokens=_int(env, "INFERQ_MAX_TAKE_TOKENS", 4096),
+            nice=_int(env, "INFERQ_WORKER_NICE", 10),
             model_dir=_str(env, "INFERQ_MODEL_DIR", os.path.expanduser("~/.cache/inferq/models")),
             confine=_str(env, "INFERQ_WORKER_CONFINE", "on").lower() not in ("0", "off", "false", "no"),
         )

@@ -15,7 +15,10 @@ again (a request that kills its worker cannot knock over node after node).
 
 Knobs (``WorkerSettings``, docs/benchmarks.md): ``INFERQ_MAX_BATCH_SIZE`` (documents per
 forward pass; 1 turns batching off), ``INFERQ_MAX_TAKE`` (documents taken off the queue at
-once), ``INFERQ_MAX_BATCH_TOKENS`` (padded tokens per forward pass), ``INFERQ_MAX_PADDING``
+once, at most), ``INFERQ_MAX_TAKE_TOKENS`` (padded-token budget of one take: ``TAKE`` stops
+when documents × the longest estimated row would pass it, so short queries are taken by the
+hundred and long texts a few at a time; 0: count only), ``INFERQ_MAX_BATCH_TOKENS`` (padded
+tokens per forward pass), ``INFERQ_MAX_PADDING``
 (share of a pass's tokens that may be padding), ``INFERQ_BATCH_WAIT_MS`` (sleep after the
 first pop so more requests can join; 0 by default: under load the queue fills while the
 previous batch runs, and when idle a wait is pure latency).
@@ -42,7 +45,7 @@ from shared.redis_budget import CacheLimits
 from shared.redis_conn import as_bytes
 from shared.settings import WorkerSettings
 from shared.wire import InferReply, InferRequest, WireError
-from workers.batch_plan import ChunkLimits, Shape, plan_chunks, take_count
+from workers.batch_plan import ChunkLimits, Shape, TokenEstimate, plan_chunks, take_count
 from workers.runtime import LoadedModel
 from workers.tasks import Prepared
 
@@ -58,17 +61,18 @@ BULK_EVERY = 4  # bulk's bounded share: a bulk take after this many interactive 
 
 @dataclass(frozen=True)
 class BatchLimits:
-    max_batch_size: int = 8
-    max_batch_tokens: int = 8192
+    max_batch_size: int = 32
+    max_batch_tokens: int = 2048
     batch_wait_ms: float = 0.0
-    max_take: int = 32
+    max_take: int = 256
     max_padding: float = 0.25
     bulk_take: int = 8  # bulk documents per take while interactive requests are about
+    max_take_tokens: int = 4096  # padded-token budget of one take (0: count only)
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> BatchLimits:
         return cls(settings.max_batch_size, settings.max_batch_tokens, settings.batch_wait_ms,
-                   settings.max_take, settings.max_padding, settings.bulk_take)  # fmt: skip
+                   settings.max_take, settings.max_padding, settings.bulk_take, settings.max_take_tokens)  # fmt: skip
 
     @property
     def take(self) -> int:
@@ -140,6 +144,17 @@ class Allocation(threading.Thread):
         self.processing_key = keys.processing(context.deployment_id, context.node_id, f"a{index}")
         self.stats_key = keys.stats(context.deployment_id, context.node_id)
         self.cache_prefix = keys.cache_prefix(context.deployment_id, context.node_id)
+        tokenizer = getattr(model.task, "tokenizer", None)
+        max_row = int(tokenizer.settings.max_sequence_length) if tokenizer is not None else 512
+        self.estimate = TokenEstimate(max_row_tokens=max_row)  # refined from every batch served
+
+    def token_args(self) -> list[int | float]:
+        """``TAKE``'s token-budget arguments (none when the budget is off)."""
+        budget = self.context.limits.max_take_tokens
+        if budget <= 0:
+            return []
+        estimate = self.estimate
+        return [budget, estimate.overhead_bytes, round(estimate.bytes_per_token, 3), estimate.max_row_tokens]
 
     def _index(self, client: redis.Redis) -> None:
         """Record the processing list where the control plane and a restarted node find it."""
@@ -201,7 +216,7 @@ class Allocation(threading.Thread):
         limits = self.context.limits
         now = time.monotonic()
         bulk_n = limits.take if now >= lanes.interactive_until else min(limits.take, limits.bulk_take)
-        args = [limits.take, self.context.peers(), bulk_n, 1 if lanes.streak >= BULK_EVERY else 0]
+        args = [limits.take, self.context.peers(), bulk_n, 1 if lanes.streak >= BULK_EVERY else 0, *self.token_args()]
         take_keys = [self.queue_key, self.processing_key, self.bulk_queue_key]
         if lanes.more:
             result = take(keys=take_keys, args=args)
@@ -229,11 +244,15 @@ class Allocation(threading.Thread):
     def serve(self, client: redis.Redis, complete: Any, items: Sequence[bytes]) -> None:
         now = now_ms()
         requests: list[InferRequest] = []
+        sizes: dict[str, int] = {}
         for raw in items:
             try:
-                requests.append(InferRequest.unpack(raw))
+                request = InferRequest.unpack(raw)
             except WireError as exc:
                 log.warning("dropping malformed request: %s", exc)
+                continue
+            requests.append(request)
+            sizes[request.id] = len(raw)
         live = [r for r in requests if r.deadline_ms > now]  # nobody waits for the others any more
         reply_to = {r.id: r.reply_to for r in live}
         outcome = _BatchOutcome()
@@ -254,6 +273,9 @@ class Allocation(threading.Thread):
                 continue
             prepared.append((request, doc))
             shapes.append(Shape.of([len(row) for row in doc.rows]))
+        self.estimate = self.estimate.observe(
+            [(sizes[r.id], len(r.text.encode()), s.tokens) for (r, _), s in zip(prepared, shapes, strict=True) if s.rows == 1]
+        )
         chunks = plan_chunks(shapes, self.context.limits.chunks)
         for n, chunk in enumerate(chunks):
             chunk_ms = now_ms()  # a later pass skips whoever stopped waiting while earlier ones ran

@@ -358,6 +358,7 @@ def confine(settings: WorkerSettings) -> None:
 
 def run(settings: WorkerSettings) -> None:
     confine(settings)
+    lower_priority(settings.nice)
     node = Node(settings)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
@@ -366,3 +367,17 @@ def run(settings: WorkerSettings) -> None:
     # daemon threads that may still be inside an op.
     logging.shutdown()
     os._exit(0)
+
+
+def lower_priority(increment: int) -> None:
+    """Run this worker at a lower CPU priority (a higher niceness) than the gateways on the same
+    machine, so an HTTP answer that needs no model (a 429, a cache hit) never waits behind a
+    forward pass for a core. Inference still gets every core nobody else wants."""
+    if increment <= 0:
+        return
+    try:
+        niceness = os.nice(increment)
+    except OSError as exc:
+        log.warning("could not lower the worker's priority: %s", exc)
+        return
+    log.info("worker niceness %d", niceness)

@@ -100,13 +100,30 @@ def load_torchscript(data: bytes) -> torch.jit.ScriptModule:
 
 
 def load_model(client: redis.Redis, doc: dict[str, Any], model_dir: str) -> LoadedModel:
+    """The deployment's model, in int8 when it was started with ``inferq_quantization=int8``."""
     model_id, sha256 = str(doc["model_id"]), str(doc["model_sha256"])
     module = load_torchscript(definition_bytes(client, model_id, sha256, model_dir))
     vocabulary = read_vocabulary(client, model_id)
     task = build_task(doc["inference_config"], vocabulary)
+    if doc.get("quantization", "none") == "int8":
+        module = _quantized(module, task, Path(model_dir) / f"{sha256}.int8.json" if model_dir else None)
     warm_up(module, task)
     log.info("loaded model %s (%s) for %s", model_id, sha256[:12], doc["deployment_id"])
     return LoadedModel(module=module, task=task, sha256=sha256)
+
+
+def _quantized(module: torch.jit.ScriptModule, task: Task, report_path: Path | None) -> torch.jit.ScriptModule:
+    """int8 linears where they keep the outputs within ``MIN_COSINE`` of fp32 (``workers.quantization``);
+    a model that cannot be quantized is served as it is."""
+    from workers.quantization import load_or_quantize
+
+    try:
+        quantized, report = load_or_quantize(module, task, report_path)
+    except Exception as exc:
+        log.warning("int8 quantization failed, serving fp32: %s: %s", type(exc).__name__, exc)
+        return module
+    log.info("quantization: %s", report)
+    return quantized
 
 
 WARM_UP_TEXTS = ("warm up", "warm up the model before the first request comes in")

@@ -1,6 +1,6 @@
 -- wrk script: POST one-document `_infer` bodies, texts read from a file (one per line).
 --
---   wrk -t <threads> -s benchmarks/wrk/infer.lua <url> -- <texts_file> <mode> <tag> <threads> [<repeat_count>]
+--   wrk -t <threads> -s benchmarks/wrk/infer.lua <url> -- <texts_file> <mode> <tag> <threads> [<repeat_count>] [<format>]
 --
 -- mode "distinct": every request sends a text nobody sent before: "<tag> <n> <line>", where n
 --   counts across all wrk threads (thread k sends k, k + threads, k + 2 * threads, ...) and the
@@ -9,6 +9,8 @@
 -- mode "repeat": cycles through the first <repeat_count> lines as they are (cache hits once
 --   warmed).
 -- Texts must be JSON-safe as they are (the benchmark writes plain ASCII words).
+-- format: the body shape: "es" (inferq / Elasticsearch _infer, the default), "triton" (KServe v2
+--   /v2/models/<m>/infer with one BYTES input "text"), "openai" (infinity-emb /embeddings).
 --
 -- done() prints one line "WRK_JSON {...}" with the counts, statuses and latency percentiles
 -- (microseconds) that benchmarks/throughput.py parses.
@@ -29,6 +31,7 @@ local repeat_count = 0
 local thread_count = 1
 local sent = 0
 local headers = { ["Content-Type"] = "application/json" }
+local format = "es"
 
 status_200 = 0
 status_429 = 0
@@ -42,6 +45,7 @@ function init(args)
   tag = args[3] or "t"
   thread_count = tonumber(args[4] or "1")
   repeat_count = tonumber(args[5] or "0")
+  format = args[6] or "es"
   if repeat_count <= 0 or repeat_count > #texts then
     repeat_count = #texts
   end
@@ -56,7 +60,15 @@ function request()
   else
     text = tag .. " " .. n .. " " .. texts[(n % #texts) + 1]
   end
-  return wrk.format("POST", nil, headers, '{"docs":[{"text_field":"' .. text .. '"}]}')
+  local body
+  if format == "triton" then
+    body = '{"inputs":[{"name":"text","shape":[1,1],"datatype":"BYTES","data":["' .. text .. '"]}]}'
+  elseif format == "openai" then
+    body = '{"model":"minilm","input":["' .. text .. '"]}'
+  else
+    body = '{"docs":[{"text_field":"' .. text .. '"}]}'
+  end
+  return wrk.format("POST", nil, headers, body)
 end
 
 function response(status, resp_headers, body)

@@ -21,6 +21,31 @@ local function queue_take(queue_key, processing_key, n)
   return items
 end
 
+-- Like queue_take, but within a padded-token budget: items are taken oldest first while
+-- (items x the longest estimated row) stays within budget, counting what processing_key
+-- already holds (the item just popped). A row's tokens are estimated from the item's size:
+-- min(max_row, ceil((#item - overhead) / bytes_per_token) + 2) (workers/batch_plan.py).
+local function queue_take_tokens(queue_key, processing_key, n, budget, overhead, bytes_per_token, max_row)
+  local function estimate(item)
+    return math.min(max_row, math.ceil(math.max(#item - overhead, 0) / bytes_per_token) + 2)
+  end
+  local count, longest = 0, 0
+  for _, held in ipairs(redis.call('LRANGE', processing_key, 0, -1)) do
+    count = count + 1
+    longest = math.max(longest, estimate(held))
+  end
+  local items = {}
+  if n <= 0 then return items end
+  local window = redis.call('LRANGE', queue_key, -n, -1)
+  for i = #window, 1, -1 do
+    local grown = math.max(longest, estimate(window[i]))
+    if count > 0 and (count + 1) * grown > budget then break end
+    items[#items + 1] = redis.call('LMOVE', queue_key, processing_key, 'RIGHT', 'LEFT')
+    count, longest = count + 1, grown
+  end
+  return items
+end
+
 -- Put every item of src back at the head of dst (the end that is served next), oldest first.
 local function queue_requeue(src_key, dst_key)
   local moved = 0

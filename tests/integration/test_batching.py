@@ -49,6 +49,7 @@ def clusters(redis_url: str, tiny_embedding_model: Any) -> Iterator[tuple[LocalC
         "INFERQ_BATCH_WAIT_MS": str(BATCH_WAIT_MS),
         "INFERQ_MAX_BATCH_TOKENS": str(MAX_BATCH_TOKENS),
         "INFERQ_MAX_PADDING": str(MAX_PADDING),
+        "INFERQ_MAX_TAKE_TOKENS": "0",  # take by count: one push is one batch (the token budget: test_take_budget.py)
     }
     with (
         local_cluster(redis_url, nodes=[(NODE, 1)], env=batched_env) as batched,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workers.batch_plan import ChunkLimits, Shape, plan_chunks, take_count
+from workers.batch_plan import ChunkLimits, Shape, TokenEstimate, plan_chunks, take_count
 
 ANY_PADDING = 1.0
 
@@ -105,3 +105,23 @@ def test_every_doc_once_shortest_first_within_every_limit(
             or padded(shapes, grown) > max_tokens
             or padding_share(shapes, grown) > max_padding + 1e-9
         )
+
+
+def test_token_estimate_from_message_bytes() -> None:
+    estimate = TokenEstimate(overhead_bytes=150, bytes_per_token=4.0, max_row_tokens=512)
+    assert estimate.tokens(150) == 2  # the special tokens
+    assert estimate.tokens(154) == 3
+    assert estimate.tokens(155) == 4
+    assert estimate.tokens(100) == 2
+    assert estimate.tokens(10**7) == 512
+
+
+def test_token_estimate_learns_envelope_and_bytes_per_token() -> None:
+    estimate = TokenEstimate(bytes_per_token=4.0, max_row_tokens=64)
+    # (message bytes, text bytes, tokens): 30 text bytes in 7 tokens (5 + 2 special), envelope 120 or 130
+    learned = estimate.observe([(150, 30, 7), (160, 30, 7), (1150, 1000, 64)])  # the truncated one is not counted
+    assert learned.overhead_bytes == 120
+    assert learned.bytes_per_token == 0.5 * 4.0 + 0.5 * 6.0
+    assert learned.max_row_tokens == 64
+    assert learned.observe([]) == learned
+    assert learned.observe([(200, 30, 7)]).overhead_bytes == 120  # the smallest envelope seen stays
