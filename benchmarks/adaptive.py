@@ -44,7 +44,7 @@ async def sequential_ms(url: str, deployment_id: str, texts: list[str]) -> list[
         for text in texts:
             began = time.perf_counter()
             async with session.post(
-                f"{url}/_ml/trained_models/{deployment_id}/_infer", json={"docs": [{"text_field": text}]}
+                f"{url}/_ml/trained_models/{deployment_id}/_infer", json={"docs": [{"text_field": text}], "timeout": "120s"}
             ) as response:
                 await response.read()
                 assert response.status == 200, response.status
@@ -103,10 +103,11 @@ class BulkLoad:
 
 
 def search_lane(cluster: LocalCluster, requests: int) -> dict[str, Any]:
-    start(cluster, "minilm", "deployment_id=lane&number_of_allocations=2&cache_size=0b&wait_for=fully_allocated")
+    start(cluster, "minilm", "deployment_id=lane&number_of_allocations=2&cache_size=0b&wait_for=fully_allocated&timeout=600s", timeout_s=700)
     texts = [f"query {i}: {t}" for i, t in enumerate(make_texts(requests * 3 + 50, seed=3, min_words=6, max_words=12))]
     asyncio.run(sequential_ms(cluster.url, "lane", texts[:50]))  # warm
     report: dict[str, Any] = {"idle": summary(asyncio.run(sequential_ms(cluster.url, "lane", texts[50 : 50 + requests])))}
+    print("idle:", report["idle"], flush=True)
     for n, lane in enumerate(("bulk", "interactive")):
         chunk = texts[50 + requests * (n + 1) : 50 + requests * (n + 2)]
         with BulkLoad(cluster, "lane", lane) as bulk:
@@ -117,6 +118,7 @@ def search_lane(cluster: LocalCluster, requests: int) -> dict[str, Any]:
             "bulk_docs_per_s": bulk.done_docs / max(bulk.elapsed_s, 1e-9),
             "pending_when_started": sum(node.get("number_of_pending_requests", 0) for node in busy["nodes"]),
         }
+        print(f"bulk in the {lane} lane:", report[f"bulk in the {lane} lane"], flush=True)
     assert cluster.call("POST", "/_ml/trained_models/lane/deployment/_stop")[0] == 200
     idle_p99 = report["idle"]["p99_ms"]
     report["p99_ratio_bulk_lane"] = report["bulk in the bulk lane"]["p99_ms"] / idle_p99
@@ -142,6 +144,7 @@ def cold_starts(cluster: LocalCluster, count: int) -> dict[str, Any]:
     for i in range(count):
         wait_scaled_to_zero(cluster)
         latencies += asyncio.run(sequential_ms(cluster.url, "auto", [f"the first request after idling, number {i}"]))
+        print(f"cold start {i}: {latencies[-1]:.0f} ms", flush=True)
     return {"latencies_ms": latencies, "median_ms": percentile(latencies, 50)}
 
 
@@ -238,8 +241,8 @@ def main() -> None:
             report["search_lane"] = search_lane(cluster, args.requests)
         if not {"cold", "ramp"} <= skip:
             status, body = cluster.call(
-                "POST", "/_ml/trained_models/minilm/deployment/_start?deployment_id=auto&timeout=120s",
-                {"adaptive_allocations": ADAPTIVE},
+                "POST", "/_ml/trained_models/minilm/deployment/_start?deployment_id=auto&timeout=600s",
+                {"adaptive_allocations": ADAPTIVE}, timeout_s=700,
             )  # fmt: skip
             assert status == 200, body
         if "cold" not in skip:

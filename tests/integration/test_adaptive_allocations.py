@@ -101,5 +101,15 @@ def test_scale_to_zero_serve_from_zero_and_scale_up_under_load(adaptive_cluster:
     assert not failures, failures[:2]
     assert stats["allocation_status"]["state"] == "fully_allocated"
 
+    # _update: a count is refused while adaptive allocations are on; settings merge
+    status, body = cluster.call("POST", f"/_ml/trained_models/{MODEL}/deployment/_update", {"number_of_allocations": 1})
+    assert status == 400 and body["error"]["type"] == "validation_exception", body
+    assert body["error"]["reason"] == "[number_of_allocations] cannot be set if adaptive allocations is enabled"
+    status, body = cluster.call(
+        "POST", f"/_ml/trained_models/{MODEL}/deployment/_update", {"adaptive_allocations": {"max_number_of_allocations": 3}}
+    )
+    assert status == 200, body
+    assert body["assignment"]["adaptive_allocations"] == SETTINGS | {"max_number_of_allocations": 3}
+
     status, body = cluster.call("POST", f"/_ml/trained_models/{MODEL}/deployment/_stop")
     assert status == 200, body
