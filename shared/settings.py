@@ -101,7 +101,7 @@ class WorkerSettings:
     batch_wait_ms: float = 0.0
     max_take: int = 32  # documents an allocation takes off its queue at once
     max_padding: float = 0.25  # share of a forward pass's tokens that may be padding
-    bulk_take: int = 8  # bulk documents an allocation takes at once while interactive requests are about
+    bulk_take: int = 1  # bulk documents an allocation takes at once while interactive requests are about (benchmarks.adaptive)
     model_dir: str = ""  # local copies of definitions, keyed by content hash
     confine: bool = True  # Landlock: the process writes only under model_dir and /dev (workers.confinement)
 
@@ -122,7 +122,7 @@ class WorkerSettings:
             batch_wait_ms=_float(env, "INFERQ_BATCH_WAIT_MS", 0.0),
             max_take=_int(env, "INFERQ_MAX_TAKE", 32),
             max_padding=_float(env, "INFERQ_MAX_PADDING", 0.25),
-            bulk_take=_int(env, "INFERQ_BULK_TAKE", 8),
+            bulk_take=_int(env, "INFERQ_BULK_TAKE", 1),
             model_dir=_str(env, "INFERQ_MODEL_DIR", os.path.expanduser("~/.cache/inferq/models")),
             confine=_str(env, "INFERQ_WORKER_CONFINE", "on").lower() not in ("0", "off", "false", "no"),
         )

@@ -63,7 +63,7 @@ class BatchLimits:
     batch_wait_ms: float = 0.0
     max_take: int = 32
     max_padding: float = 0.25
-    bulk_take: int = 8  # bulk documents per take while interactive requests are about
+    bulk_take: int = 1  # bulk documents per take while interactive requests are about
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> BatchLimits:

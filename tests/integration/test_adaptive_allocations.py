@@ -56,8 +56,9 @@ def test_scale_to_zero_serve_from_zero_and_scale_up_under_load(adaptive_cluster:
     cluster = adaptive_cluster
     status, body = cluster.call(
         "POST",
-        f"/_ml/trained_models/{MODEL}/deployment/_start?timeout=90s&wait_for=fully_allocated",
+        f"/_ml/trained_models/{MODEL}/deployment/_start?timeout=300s&wait_for=fully_allocated",
         {"adaptive_allocations": SETTINGS},
+        timeout_s=400,  # a loaded 2-core machine can take minutes to load the model
     )
     assert status == 200, body
     assert body["assignment"]["adaptive_allocations"] == SETTINGS
