@@ -102,7 +102,7 @@ class WorkerSettings:
     max_take: int = 32  # documents an allocation takes off its queue at once
     max_padding: float = 0.25  # share of a forward pass's tokens that may be padding
     bulk_take: int = 1  # bulk documents an allocation takes at once while interactive requests are about (benchmarks.adaptive)
-    interactive_reserve: bool = False  # the first of 2+ allocations takes no bulk while interactive requests are about
+    interactive_reserve: bool = True  # the first of 2+ allocations takes no bulk while interactive requests are about
     model_dir: str = ""  # local copies of definitions, keyed by content hash
     confine: bool = True  # Landlock: the process writes only under model_dir and /dev (workers.confinement)
 
@@ -124,7 +124,7 @@ class WorkerSettings:
             max_take=_int(env, "INFERQ_MAX_TAKE", 32),
             max_padding=_float(env, "INFERQ_MAX_PADDING", 0.25),
             bulk_take=_int(env, "INFERQ_BULK_TAKE", 1),
-            interactive_reserve=_str(env, "INFERQ_INTERACTIVE_RESERVE", "off").lower() in ("1", "on", "true", "yes"),
+            interactive_reserve=_str(env, "INFERQ_INTERACTIVE_RESERVE", "on").lower() not in ("0", "off", "false", "no"),
             model_dir=_str(env, "INFERQ_MODEL_DIR", os.path.expanduser("~/.cache/inferq/models")),
             confine=_str(env, "INFERQ_WORKER_CONFINE", "on").lower() not in ("0", "off", "false", "no"),
         )

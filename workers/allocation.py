@@ -64,7 +64,7 @@ class BatchLimits:
     max_take: int = 32
     max_padding: float = 0.25
     bulk_take: int = 1  # bulk documents per take while interactive requests are about
-    interactive_reserve: bool = False  # the first of 2+ allocations takes no bulk while interactive requests are about
+    interactive_reserve: bool = True  # the first of 2+ allocations takes no bulk while interactive requests are about
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> BatchLimits:
