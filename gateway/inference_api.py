@@ -36,6 +36,7 @@ from shared.errors import (
     model_not_found,
 )
 from shared.inference_store import EndpointStore
+from shared.queue import INTERACTIVE, lane_for_input_type
 from shared.units import format_time_ms, parse_time_ms
 
 DEFAULT_TIMEOUT_MS = 30_000.0  # PUT (start) and POST (inference), as Elasticsearch
@@ -67,13 +68,20 @@ def _results_field(view: DeploymentView) -> str:
 
 
 async def _infer(
-    request: web.Request, deployment_id: str, texts: list[str], override: dict[str, Any] | None, timeout_ms: float
+    request: web.Request,
+    deployment_id: str,
+    texts: list[str],
+    override: dict[str, Any] | None,
+    timeout_ms: float,
+    lane: str = INTERACTIVE,
 ) -> tuple[list[dict[str, Any]], str]:
     """Texts through ``_infer``'s producer path: (result objects, their results field)."""
     producer = request.app[PRODUCER]
     view = await producer.resolve(deployment_id)
     field = (view.doc.get("field_names") or ["text_field"])[0]
-    results = await producer.infer(deployment_id, [{field: t} for t in texts], inference_config=override, timeout_ms=timeout_ms)
+    results = await producer.infer(
+        deployment_id, [{field: t} for t in texts], inference_config=override, timeout_ms=timeout_ms, lane=lane
+    )
     return [r.result() for r in results], _results_field(view)
 
 
@@ -314,7 +322,9 @@ async def infer(request: web.Request) -> web.Response:
     deployment_id = str(doc["_deployment_id"])
     if task_type == "rerank":
         override = {"text_similarity": {"text": parsed.query}}
-        results, field = await _infer(request, deployment_id, parsed.inputs, override, timeout_ms)
+        results, field = await _infer(
+            request, deployment_id, parsed.inputs, override, timeout_ms, lane_for_input_type(parsed.input_type)
+        )
         settings = ic.parse_rerank_task_settings(dict(doc.get("task_settings") or {}) | parsed.task_settings)
         return_documents = settings["return_documents"] if parsed.return_documents is None else parsed.return_documents
         payload = ir.render_rerank(results, field, parsed.inputs, return_documents=return_documents, top_n=parsed.top_n)
@@ -324,7 +334,9 @@ async def infer(request: web.Request) -> web.Response:
                 f"Configuration contains settings [{ic.java_map(parsed.task_settings)}] unknown to the [{ic.SERVICE}] "
                 "service"
             )
-        results, field = await _infer(request, deployment_id, parsed.inputs, None, timeout_ms)
+        results, field = await _infer(
+            request, deployment_id, parsed.inputs, None, timeout_ms, lane_for_input_type(parsed.input_type)
+        )
         render = ir.render_text_embedding if task_type == "text_embedding" else ir.render_sparse_embedding
         payload = render(results, field)
     return json_response(request, payload)

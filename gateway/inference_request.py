@@ -26,6 +26,7 @@ class InferenceRequest:
     top_n: int | None
     task_settings: dict[str, Any]
     timeout: Any
+    input_type: str | None = None  # ``ingest`` goes to the bulk lane (``shared.queue.lane_for_input_type``)
 
 
 def parse_inference_request(task_type: str, body: Mapping[str, Any]) -> InferenceRequest:
@@ -82,7 +83,10 @@ def parse_inference_request(task_type: str, body: Mapping[str, Any]) -> Inferenc
         raise invalid(f"Field [input_type] cannot be specified for task type [{task_type}]")
     if task_type == "rerank" and top_n is not None and top_n < 1:
         raise invalid("Field [top_n] must be a positive integer")
-    return InferenceRequest(inputs, query, return_documents, top_n, dict(task_settings), body.get("timeout"))
+    return InferenceRequest(
+        inputs, query, return_documents, top_n, dict(task_settings), body.get("timeout"),
+        str(input_type).lower() if input_type is not None else None,
+    )  # fmt: skip
 
 
 # ---- results -------------------------------------------------------------------------------------

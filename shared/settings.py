@@ -103,7 +103,8 @@ class WorkerSettings:
     batch_wait_ms: float = 0.0
     max_take: int = 256  # documents an allocation takes off its queue at once (at most)
     max_padding: float = 0.25  # share of a forward pass's tokens that may be padding
-    bulk_take: int = 8  # bulk documents an allocation takes at once while interactive requests are about
+    bulk_take: int = 1  # bulk documents an allocation takes at once while interactive requests are about (benchmarks.adaptive)
+    interactive_reserve: bool = True  # the first of 2+ allocations takes no bulk while interactive requests are about
     max_take_tokens: int = 4096  # padded tokens (documents x longest row) one allocation takes at once
     nice: int = 10  # added to the worker's scheduling niceness: gateways answer (429s) before inference
     model_dir: str = ""  # local copies of definitions, keyed by content hash
@@ -126,7 +127,8 @@ class WorkerSettings:
             batch_wait_ms=_float(env, "INFERQ_BATCH_WAIT_MS", 0.0),
             max_take=_int(env, "INFERQ_MAX_TAKE", 256),
             max_padding=_float(env, "INFERQ_MAX_PADDING", 0.25),
-            bulk_take=_int(env, "INFERQ_BULK_TAKE", 8),
+            bulk_take=_int(env, "INFERQ_BULK_TAKE", 1),
+            interactive_reserve=_str(env, "INFERQ_INTERACTIVE_RESERVE", "on").lower() not in ("0", "off", "false", "no"),
             max_take_tokens=_int(env, "INFERQ_MAX_TAKE_TOKENS", 4096),
             nice=_int(env, "INFERQ_WORKER_NICE", 10),
             model_dir=_str(env, "INFERQ_MODEL_DIR", os.path.expanduser("~/.cache/inferq/models")),

@@ -66,13 +66,15 @@ class BatchLimits:
     batch_wait_ms: float = 0.0
     max_take: int = 256
     max_padding: float = 0.25
-    bulk_take: int = 8  # bulk documents per take while interactive requests are about
+    bulk_take: int = 1  # bulk documents per take while interactive requests are about
     max_take_tokens: int = 4096  # padded-token budget of one take (0: count only)
+    interactive_reserve: bool = True  # the first of 2+ allocations takes no bulk while interactive requests are about
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> BatchLimits:
         return cls(settings.max_batch_size, settings.max_batch_tokens, settings.batch_wait_ms,
-                   settings.max_take, settings.max_padding, settings.bulk_take, settings.max_take_tokens)  # fmt: skip
+                   settings.max_take, settings.max_padding, settings.bulk_take, settings.max_take_tokens,
+                   settings.interactive_reserve)  # fmt: skip
 
     @property
     def take(self) -> int:
@@ -93,6 +95,7 @@ class AllocationContext:
     start_ms: int
     limits: BatchLimits
     peers: Callable[[], int] = lambda: 1  # allocations serving this queue now (this one included)
+    first_allocation: Callable[[], int] = lambda: -1  # index of the first running allocation of the deployment
     max_redeliveries: int = 1  # runs of a request after the first, when its worker died holding it
 
 
@@ -215,7 +218,13 @@ class Allocation(threading.Thread):
         short (``BULK_POLL_S``)."""
         limits = self.context.limits
         now = time.monotonic()
-        bulk_n = limits.take if now >= lanes.interactive_until else min(limits.take, limits.bulk_take)
+        interactive_about = now < lanes.interactive_until
+        bulk_n = min(limits.take, limits.bulk_take) if interactive_about else limits.take
+        # INFERQ_INTERACTIVE_RESERVE: the first of 2+ allocations takes no bulk while interactive
+        # requests are about, so one of them is free when the next one comes
+        reserved = limits.interactive_reserve and self.context.peers() > 1 and self.context.first_allocation() == self.index
+        if reserved and interactive_about:
+            bulk_n = 0
         args = [limits.take, self.context.peers(), bulk_n, 1 if lanes.streak >= BULK_EVERY else 0, *self.token_args()]
         take_keys = [self.queue_key, self.processing_key, self.bulk_queue_key]
         if lanes.more:
@@ -238,7 +247,7 @@ class Allocation(threading.Thread):
                 elif isinstance(result, Exception):
                     raise result
         interactive, bulk = [as_bytes(i) for i in result[0]], [as_bytes(i) for i in result[1]]
-        lanes.observe(len(interactive), len(bulk), int(result[2]), int(result[3]), time.monotonic())
+        lanes.observe(len(interactive), len(bulk), int(result[2]), 0 if bulk_n == 0 else int(result[3]), time.monotonic())
         return interactive + bulk
 
     def serve(self, client: redis.Redis, complete: Any, items: Sequence[bytes]) -> None:

@@ -115,7 +115,12 @@ class DeploymentRunner:
             limits=BatchLimits.from_settings(settings),
             peers=lambda: max(1, self.target),
             max_redeliveries=settings.max_redeliveries,
+            first_allocation=self._first_allocation,
         )
+
+    def _first_allocation(self) -> int:
+        """The index of this deployment's first running allocation (the search lane's reserve)."""
+        return min((a.index for a in self.allocations if not a.stop_requested.is_set()), default=-1)
 
     def drain(self) -> None:
         """Serve what is queued, then go (the gateway stopped routing here)."""

@@ -56,8 +56,9 @@ def test_scale_to_zero_serve_from_zero_and_scale_up_under_load(adaptive_cluster:
     cluster = adaptive_cluster
     status, body = cluster.call(
         "POST",
-        f"/_ml/trained_models/{MODEL}/deployment/_start?timeout=90s&wait_for=fully_allocated",
+        f"/_ml/trained_models/{MODEL}/deployment/_start?timeout=300s&wait_for=fully_allocated",
         {"adaptive_allocations": SETTINGS},
+        timeout_s=400,  # a loaded 2-core machine can take minutes to load the model
     )
     assert status == 200, body
     assert body["assignment"]["adaptive_allocations"] == SETTINGS
@@ -100,6 +101,16 @@ def test_scale_to_zero_serve_from_zero_and_scale_up_under_load(adaptive_cluster:
             thread.join(timeout=120)
     assert not failures, failures[:2]
     assert stats["allocation_status"]["state"] == "fully_allocated"
+
+    # _update: a count is refused while adaptive allocations are on; settings merge
+    status, body = cluster.call("POST", f"/_ml/trained_models/{MODEL}/deployment/_update", {"number_of_allocations": 1})
+    assert status == 400 and body["error"]["type"] == "validation_exception", body
+    assert body["error"]["reason"] == "[number_of_allocations] cannot be set if adaptive allocations is enabled"
+    status, body = cluster.call(
+        "POST", f"/_ml/trained_models/{MODEL}/deployment/_update", {"adaptive_allocations": {"max_number_of_allocations": 3}}
+    )
+    assert status == 200, body
+    assert body["assignment"]["adaptive_allocations"] == SETTINGS | {"max_number_of_allocations": 3}
 
     status, body = cluster.call("POST", f"/_ml/trained_models/{MODEL}/deployment/_stop")
     assert status == 200, body

@@ -207,7 +207,7 @@ def test_interactive_latency_stays_close_to_idle_while_a_job_runs(
     source = write_jsonl(tmp_path / "fairness.jsonl", texts("fairness", 5000))
     for i in range(20):
         interactive_ms(cluster, i)  # warm up
-    queue = keys.queue("tiny-bulk", "node-1")
+    queue, bulk_queue = keys.queue("tiny-bulk", "node-1"), keys.bulk_queue("tiny-bulk", "node-1")
     job = enqueue_bulk(conn, "tiny-bulk", source, output_path=tmp_path / "fairness.out.jsonl", options=options)
     busy: list[float] = []
     idle: list[float] = []
@@ -221,10 +221,10 @@ def test_interactive_latency_stays_close_to_idle_while_a_job_runs(
         phase_end = time.perf_counter() + 0.3
         while time.perf_counter() < phase_end:
             busy.append(interactive_ms(cluster, len(busy)))
-            longest_queue = max(longest_queue, int(conn.llen(queue)))
+            longest_queue = max(longest_queue, int(conn.llen(queue)) + int(conn.llen(bulk_queue)))
         worker.send_signal(signal.SIGSTOP)
         try:
-            while conn.llen(queue):
+            while conn.llen(queue) or conn.llen(bulk_queue):
                 time.sleep(0.002)
             phase_end = time.perf_counter() + 0.3
             while time.perf_counter() < phase_end:

@@ -108,6 +108,11 @@ def test_text_embedding_endpoint_starts_its_deployment(solo: LocalCluster, emb_e
     # a single string is one input; the task-less route works too
     single = ok(solo, "POST", "/_inference/emb-endpoint", {"input": TEXTS[0]})
     assert single == {"text_embedding": [{"embedding": expected[0]}]}
+    # input_type ingest goes through the bulk lane, search through the interactive one: same results
+    for input_type in ("ingest", "search"):
+        fresh = [f"{text} ({input_type})" for text in TEXTS]
+        answer = ok(solo, "POST", "/_inference/text_embedding/emb-endpoint", {"input": fresh, "input_type": input_type})
+        assert answer == {"text_embedding": [{"embedding": r["predicted_value"]} for r in infer_results(solo, "emb-endpoint", fresh)]}
     # one cache: _infer after the endpoint, and the endpoint again, were all answered from it
     entries = ok(solo, "GET", "/_ml/trained_models/emb-endpoint/_stats")["trained_model_stats"]
     stats = next(e["deployment_stats"] for e in entries if e["deployment_stats"]["deployment_id"] == "emb-endpoint")
