@@ -1,6 +1,6 @@
 """Validation of an uploaded TorchScript archive *without running it* (pure; no torch, no I/O).
 
-``torch.jit.load`` runs code: every ``__setstate__`` in the archive executes while the module
+Loading TorchScript runs code: every ``__setstate__`` in the archive executes while the module
 is being unpickled, before anything could inspect ``forward``. So the archive is read here as
 data: the zip's records, the TorchScript source in ``code/**/*.py`` (parsed with ``ast``,
 never compiled or executed) and the pickles (walked opcode by opcode, never unpickled).
@@ -31,13 +31,13 @@ from __future__ import annotations
 import ast
 import io
 import json
-import pickletools
 import re
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from pickletools import genops
 
 from shared.errors import BadRequest
 
@@ -311,7 +311,7 @@ class _CodeChecker(ast.NodeVisitor):
 
 def _check_pickle(filename: str, raw: bytes, defs: _Definitions) -> None:
     try:
-        for opcode, argument, _ in pickletools.genops(raw):
+        for opcode, argument, _ in genops(raw):
             if opcode.name not in PICKLE_CODE_OPCODES:
                 continue
             if opcode.name != "GLOBAL":

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import io
 import json
-import pickletools
 import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from pickletools import genops
 from typing import Any
 
 import pytest
@@ -229,4 +229,4 @@ def test_every_allowed_operation_exists_in_torch() -> None:
 def test_pickle_opcodes_are_walked_not_run() -> None:
     archive = scripted(Benign())
     data_pkl = zipfile.ZipFile(io.BytesIO(archive)).read("archive/data.pkl")
-    assert any(op.name == "GLOBAL" for op, _, _ in pickletools.genops(data_pkl))
+    assert any(op.name == "GLOBAL" for op, _, _ in genops(data_pkl))
