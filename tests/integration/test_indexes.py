@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import redis
 import redis.asyncio as aioredis
 
 from shared import keys
 from shared.cache import SyncResultCache
+from shared.redis_budget import CacheLimits
 from shared.settings import WorkerSettings
 from workers.allocation import Allocation, AllocationContext, BatchLimits
 
@@ -22,8 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def start_allocation(client: redis.Redis, deployment_id: str, node_id: str, index: int) -> None:
     """What an allocation writes when it starts and serves: its index entries, a processing
     list, the queue, the stats and the cache."""
-    context = AllocationContext(deployment_id, node_id, 1, 10_000, "lfu", 0, BatchLimits.from_settings(WorkerSettings()))
-    allocation = Allocation(index, context, None, lambda: client, lambda _: None)  # type: ignore[arg-type]
+    context = AllocationContext(
+        deployment_id, node_id, 1, lambda: CacheLimits(10_000), "lfu", 0, BatchLimits.from_settings(WorkerSettings())
+    )
+    model = SimpleNamespace(task=None)  # the model seam: nothing here runs a forward pass
+    allocation = Allocation(index, context, model, lambda: client, lambda _: None)  # type: ignore[arg-type]
     allocation._index(client)
     client.lpush(allocation.processing_key, b"in-flight")
     client.lpush(allocation.queue_key, b"queued")
