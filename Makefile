@@ -28,7 +28,7 @@ bench-peers: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy shared gateway workers
+	$(BIN)/mypy shared gateway workers inferq
 
 clean:
 	rm -rf $(VENV) .pytest_cache benchmarks/results

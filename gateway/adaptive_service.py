@@ -30,9 +30,9 @@ from typing import Any
 
 from gateway.adaptive import AdaptiveScaler, NodeSample, ScalerConfig, window_of
 from gateway.adaptive_settings import AdaptiveAllocations
+from gateway.assignment import routable_allocations
 from gateway.control import ControlPlane
 from shared import histograms, keys, node_registry
-from shared.assignment import routable_allocations
 from shared.redis_conn import text
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ with Elasticsearch's rules (``PutTrainedModelAliasAction``, ``TransportPutTraine
 
 An alias names one model; ``_infer``, ``_stats``, ``GET`` and inference endpoints accept it
 wherever they accept a model id (resolved from the cluster view). Keys: the hash
-``inferq:model_aliases`` through ``shared.inference_store.AliasStore``.
+``inferq:model_aliases`` through ``gateway.inference_store.AliasStore``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import re
 from aiohttp import web
 
 from gateway.app_keys import MODELS, PRODUCER, REDIS
+from gateway.assignment import allocation_state
 from gateway.http import check_params, json_response, query_bool
-from shared.assignment import allocation_state
+from gateway.inference_store import AliasStore
 from shared.cluster_view import ClusterView
 from shared.errors import ActionRequestValidation, BadRequest, Conflict, NotFound, model_not_found
-from shared.inference_store import AliasStore
 
 # like a model id, but an alias cannot end with a number (ES keeps those for generated names)
 ALIAS_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_\-\.]*[a-z])?$")

@@ -3,7 +3,7 @@
 With ``INFERQ_AUTH=on`` every request except ``GET /`` needs ``Authorization: ApiKey
 base64(id:key)`` (or ``Basic`` for the bootstrap user ``elastic`` with the bootstrap secret).
 Each route maps to the Elasticsearch action name it stands for, and the key's privileges must
-allow that action (``shared.api_keys``). Missing or bad credentials are a 401
+allow that action (``gateway.api_keys``). Missing or bad credentials are a 401
 ``security_exception`` with ``WWW-Authenticate``; a missing privilege is a 403.
 
 Verified keys are cached in-process for one second, so the hot path costs at most one
@@ -27,10 +27,10 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import api_keys
+from gateway.api_keys import ApiKeyRecord, ApiKeyStore, BadCredentials, Credentials
 from gateway.app_keys import REDIS, SETTINGS
 from gateway.http import Handler, check_fields, check_params, json_response, parse_bool, read_object
-from shared import api_keys
-from shared.api_keys import ApiKeyRecord, ApiKeyStore, BadCredentials, Credentials
 from shared.errors import (
     ActionRequestValidation,
     AuthenticationRequired,

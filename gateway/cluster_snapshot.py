@@ -30,15 +30,15 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 
+from gateway.assignment import assignment_state
 from gateway.request_metrics import GatewayFigures, parse_gateway_hash
+from gateway.stats import NodeCounters, parse_counters
 from shared import keys, node_registry
-from shared.assignment import assignment_state
 from shared.cache import CacheStats, meta_key, parse_meta
 from shared.cluster_view import DeploymentView, load_view
 from shared.histograms import BATCH_SIZE, FORWARD_SECONDS, Histogram
 from shared.node_registry import NodeInfo
 from shared.redis_conn import text
-from shared.stats import NodeCounters, parse_counters
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,13 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 
 from gateway.adaptive_settings import AdaptiveAllocations, merged_for_update
+from gateway.assignment import assignment_state, render_assignment, wait_satisfied
+from gateway.lease import cluster_lease
+from gateway.planner import DeploymentDemand, NodeCapacity, Plan, estimate_memory_bytes, plan
 from gateway.redis_memory import RedisMemorySettings, read_capacity
 from gateway.request_metrics import forget_deployment
 from gateway.start_params import StartParams
 from shared import keys, node_registry, task_config
-from shared.assignment import assignment_state, render_assignment, wait_satisfied
 from shared.cache import clear_cache
 from shared.deployment_store import DeploymentStore
 from shared.errors import (
@@ -44,9 +46,7 @@ from shared.errors import (
     TooManyRequests,
     deployment_not_found,
 )
-from shared.lease import cluster_lease
 from shared.model_store import ModelStore
-from shared.planner import DeploymentDemand, NodeCapacity, Plan, estimate_memory_bytes, plan
 from shared.queue import REQUEUE_COUNTED
 from shared.redis_budget import CacheBudget, CacheDemand, RedisCapacity, explicit_refusal, plan_cache_budgets
 from shared.redis_budget import demand_of as cache_demand_of
@@ -562,7 +562,7 @@ async def planner_loop(
     at once when ``wake`` is set (a node came or went);
     then, under the same lease, run the adaptive allocations scaler when it is due (at once
     when ``adaptive.wake`` is set)."""
-    from shared.lease import release, try_lease
+    from gateway.lease import release, try_lease
 
     wake = wake or asyncio.Event()
 

@@ -7,7 +7,7 @@ an existing one (``service_settings.deployment_id``). Inference goes through the
 it shares the queues, the cache and the results of ``_infer``; the results are reshaped into
 ES's ``text_embedding`` / ``sparse_embedding`` / ``rerank`` bodies.
 
-Keys: the endpoint documents and their id set (``shared.inference_store``), read and written
+Keys: the endpoint documents and their id set (``gateway.inference_store``), read and written
 here; deployments only through ``ControlPlane``.
 """
 
@@ -23,6 +23,7 @@ from gateway.adaptive_settings import parse_adaptive_allocations
 from gateway.app_keys import CONTROL, MODELS, PRODUCER, REDIS, SETTINGS
 from gateway.http import check_params, json_response, query_bool, read_object
 from gateway.infer_api import check_limits
+from gateway.inference_store import EndpointStore
 from gateway.start_params import parse_start
 from shared import task_config
 from shared.cluster_view import DeploymentView
@@ -35,7 +36,6 @@ from shared.errors import (
     ResourceAlreadyExists,
     model_not_found,
 )
-from shared.inference_store import EndpointStore
 from shared.queue import INTERACTIVE, lane_for_input_type
 from shared.units import format_time_ms, parse_time_ms
 

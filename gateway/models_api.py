@@ -19,6 +19,7 @@ from gateway.http import (
     query_int,
     read_object,
 )
+from gateway.inference_store import AliasStore, aliases_of
 from shared import task_config
 from shared.errors import (
     ActionRequestValidation,
@@ -27,7 +28,6 @@ from shared.errors import (
     ValidationCollector,
     model_not_found,
 )
-from shared.inference_store import AliasStore, aliases_of
 from shared.model_store import MAX_DEFINITION_BYTES, MAX_ID_LENGTH, valid_id
 from shared.units import parse_time_ms
 

@@ -10,14 +10,14 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.app_keys import MODELS, PRODUCER, REDIS
+from gateway.assignment import allocation_status, assignment_state
 from gateway.http import check_params, json_response, query_bool, query_int
+from gateway.planner import estimate_memory_bytes
+from gateway.stats import parse_counters, render_deployment_stats, render_inference_stats, render_node_stats
 from shared import keys, node_registry
-from shared.assignment import allocation_status, assignment_state
 from shared.cache import meta_key
 from shared.cluster_view import DeploymentView
-from shared.planner import estimate_memory_bytes
 from shared.redis_conn import text
-from shared.stats import parse_counters, render_deployment_stats, render_inference_stats, render_node_stats
 
 _CACHE_FIELDS = ("bytes", "entries", "no_headroom")
 

@@ -38,7 +38,7 @@ class LocalCluster:
 
     def _spawn(self, argv: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.env, **(extra_env or {})}
-        return subprocess.Popen([sys.executable, "-m", "shared.cli", *argv], env=env)
+        return subprocess.Popen([sys.executable, "-m", "inferq.cli", *argv], env=env)
 
     def start_gateway(self, port: int | None = None) -> int:
         return self.start_gateway_with({}, port)
@@ -161,8 +161,8 @@ def local_cluster(
 
 
 def upload(cluster: LocalCluster, model_id: str, traced: Any) -> None:
-    from workers.importer import RestClient
-    from workers.importer import upload as upload_model
+    from inferq.importer import RestClient
+    from inferq.importer import upload as upload_model
 
     upload_model(RestClient(cluster.url), model_id, traced.config, traced.torchscript, traced.vocabulary, progress=False)
 

@@ -1,7 +1,7 @@
 """Tiny Hugging Face models for tests: random weights from fixed seeds, tokenizers built offline.
 
 ``build_tiny_model(task_type, tmp_path, tokenizer="bert")`` writes a model folder (config,
-weights, tokenizer files) that ``transformers`` and ``workers.tracing.trace_hf_model`` load the
+weights, tokenizer files) that ``transformers`` and ``inferq.tracing.trace_hf_model`` load the
 way they load a hub model. Tokenizers: ``bert`` and ``mpnet`` (WordPiece, a vocabulary written
 here), ``roberta`` (byte-level BPE trained here on a small corpus), ``xlm_roberta`` (a Unigram
 sentencepiece model trained here with the ``tokenizers`` library).

@@ -3,7 +3,7 @@
 -- cache_hit_count, error_count, rejected_execution_count, timeout_count, last_access_ms,
 -- peak_throughput_per_minute, and two 1-minute buckets aligned to the node's start time:
 -- bucket_{index,count,time_ms_sum,hits} (the newest) and prev_bucket_{...} (the one before).
--- shared/stats.py reads the hash back and renders Elasticsearch's stats objects.
+-- gateway/stats.py reads the hash back and renders Elasticsearch's stats objects.
 
 -- Add `results` completed inferences (cache hits included, errors excluded), `cache_hits` of
 -- them served from the cache; `time_ms_sum` is the summed time of all of them,

@@ -12,8 +12,8 @@ from tests.cluster import LocalCluster, local_cluster
 @pytest.fixture(scope="session")
 def tiny_embedding_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A tiny BERT text-embedding model (fixed seed), traced as eland does."""
+    from inferq.tracing import trace_hf_model
     from tests.tiny_models import build_tiny_model
-    from workers.tracing import trace_hf_model
 
     folder = build_tiny_model("text_embedding", tmp_path_factory.mktemp("tiny-embedding"))
     return trace_hf_model(folder, "text_embedding")
@@ -28,7 +28,7 @@ def minilm_path() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_traced(minilm_path: Path) -> Any:
-    from workers.tracing import trace_hf_model
+    from inferq.tracing import trace_hf_model
 
     return trace_hf_model(minilm_path, "text_embedding")
 

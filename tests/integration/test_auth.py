@@ -17,8 +17,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
+from gateway.api_keys import ApiKeyStore, Credentials, VerifiedCache, new_record
 from shared import keys
-from shared.api_keys import ApiKeyStore, Credentials, VerifiedCache, new_record
 from tests.clients.install import ensure
 from tests.cluster import LocalCluster, local_cluster
 from tests.redis_server import redis_server_process
@@ -67,7 +67,7 @@ def secured(redis_url: str) -> Iterator[LocalCluster]:
 @pytest.fixture(scope="module")
 def deployed(secured: LocalCluster, tiny_embedding_model: Any) -> str:
     """The tiny model, uploaded by inferq's importer with a manage_ml key, then started."""
-    from workers.importer import RestClient, upload
+    from inferq.importer import RestClient, upload
 
     admin = create_key(secured, "uploader", ["manage_ml"])["encoded"]
     upload(RestClient(secured.url, api_key=admin), "secured-emb", tiny_embedding_model.config,

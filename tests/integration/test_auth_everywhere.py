@@ -102,7 +102,7 @@ def test_the_local_cluster_with_auth_on_deploys_the_demo_and_its_curl_carries_th
     env = {**os.environ, "INFERQ_REDIS_URL": db_url, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
            "INFERQ_AUTH": "on", "INFERQ_BOOTSTRAP_API_KEY": BOOTSTRAP}  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "cluster", "--nodes", "2", "--port", str(port), "--demo-model", "--no-bulk-worker"],
+        [sys.executable, "-m", "inferq.cli", "cluster", "--nodes", "2", "--port", str(port), "--demo-model", "--no-bulk-worker"],
         env=env, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -129,7 +129,7 @@ def test_the_local_cluster_with_auth_on_deploys_the_demo_and_its_curl_carries_th
 
 
 def test_auth_on_without_a_bootstrap_key_says_what_is_missing() -> None:
-    from shared.local_cluster import cluster_api_key
+    from inferq.local_cluster import cluster_api_key
 
     assert cluster_api_key({}) is None
     assert cluster_api_key({"INFERQ_AUTH": "on", "INFERQ_BOOTSTRAP_API_KEY": "a:b"}) == base64.b64encode(b"a:b").decode()

@@ -23,9 +23,9 @@ import redis
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
+from inferq.bulk import BULK_QUEUE, BulkOptions, MsgpackSerializer, enqueue_bulk
 from shared import keys
 from tests.cluster import LocalCluster, infer, local_cluster, start, upload
-from workers.bulk import BULK_QUEUE, BulkOptions, MsgpackSerializer, enqueue_bulk
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def cluster(redis_url: str, tiny_embedding_model: Any) -> Iterator[LocalCluster]
 def bulk_worker(cluster: LocalCluster, queue: str = BULK_QUEUE) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, **cluster.env, **WORKER_ENV, "INFERQ_BULK_QUEUES": queue}
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "bulk-worker", "--redis-url", cluster.redis_url], env=env
+        [sys.executable, "-m", "inferq.cli", "bulk-worker", "--redis-url", cluster.redis_url], env=env
     )
     try:
         yield process
@@ -150,7 +150,7 @@ def test_2000_documents_come_back_once_each_in_order_with_progress(
     assert not np.allclose(results[0]["result"]["predicted_value"], results[1]["result"]["predicted_value"])
     # RQ bookkeeping: explicit TTLs, msgpack on the wire
     assert 0 < conn.ttl(job.key) <= 600 and job.failure_ttl == 900
-    assert MsgpackSerializer.loads(zlib.decompress(cast(bytes, conn.hget(job.key, "data"))))[0] == "workers.bulk.run_bulk_job"
+    assert MsgpackSerializer.loads(zlib.decompress(cast(bytes, conn.hget(job.key, "data"))))[0] == "inferq.bulk.run_bulk_job"
 
     # the same documents through HTTP, as many in flight as the bulk window (2 clients x 8 docs)
     assert summary["window_docs"] == 16

@@ -135,8 +135,8 @@ def test_list_stop_delete(upload_run: dict[str, Any]) -> None:
 def test_import_hub_model_cli_traces_uploads_and_starts(
     eland_cluster: LocalCluster, eland_folders: list[Path], tmp_path: Path
 ) -> None:
+    from inferq.tracing import trace_hf_model
     from tests.tiny_models import build_tiny_model
-    from workers.tracing import trace_hf_model
 
     folder = build_tiny_model("text_embedding", tmp_path / "hub")
     expected = reference_vectors(eland_cluster, "cli-ref", trace_hf_model(folder, "text_embedding"))

@@ -24,8 +24,8 @@ COMBOS = [("es9", "sync"), ("es9", "async"), ("es8", "sync")]
 
 @pytest.fixture(scope="module")
 def es_cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    from inferq.tracing import trace_hf_model
     from tests.tiny_models import build_tiny_model
-    from workers.tracing import trace_hf_model
 
     with local_cluster(redis_url, nodes=[("node-1", 16)]) as running:
         for model_id, task in (("emb", "text_embedding"), ("expander", "text_expansion"), ("cross", "text_similarity")):

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from inferq.importer import import_model
 from tests.cluster import LocalCluster, http, local_cluster, start, upload
-from workers.importer import import_model
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def secured(redis_url: str) -> Iterator[LocalCluster]:
 
 def key(cluster: LocalCluster, privileges: list[str]) -> str:
     boot = base64.b64encode(BOOTSTRAP.encode()).decode()
-    from workers.importer import RestClient
+    from inferq.importer import RestClient
 
     _, created = RestClient(cluster.url, api_key=boot).call(
         "POST", "/_security/api_key", {"name": "k", "role_descriptors": {"r": {"cluster": privileges}}}
@@ -98,7 +98,7 @@ def test_a_read_only_key_is_refused_before_tracing(
 
 
 def test_has_privileges_answers_per_privilege(secured: LocalCluster) -> None:
-    from workers.importer import RestClient
+    from inferq.importer import RestClient
 
     client = RestClient(secured.url, api_key=key(secured, ["manage_ml"]))
     _, answer = client.call(

@@ -19,8 +19,8 @@ QUERY = "where is the fox?"
 
 @pytest.fixture(scope="module")
 def traced_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from inferq.tracing import trace_hf_model
     from tests.tiny_models import build_tiny_model
-    from workers.tracing import trace_hf_model
 
     traced = {}
     for task in ("text_embedding", "text_expansion", "text_similarity"):

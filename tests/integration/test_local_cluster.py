@@ -50,7 +50,7 @@ def test_cluster_command_serves_the_demo_model_and_stops_cleanly(redis_url: str)
     client.close()
     env = {**os.environ, "INFERQ_REDIS_URL": db_url, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "cluster", "--nodes", "2", "--port", str(port), "--demo-model"],
+        [sys.executable, "-m", "inferq.cli", "cluster", "--nodes", "2", "--port", str(port), "--demo-model"],
         env=env,
         stdout=subprocess.PIPE,
         text=True,

@@ -23,10 +23,10 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.scrape_cost import deployment_doc, seed
+from gateway.api_keys import encode_credentials
 from gateway.app import create_app
 from gateway.request_metrics import forget_deployment
 from shared import keys, task_config
-from shared.api_keys import encode_credentials
 from shared.cache import DigestPrefix, make_sync_cache
 from shared.deployment_store import DeploymentStore
 from shared.producer import canonical_json

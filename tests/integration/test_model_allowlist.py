@@ -37,8 +37,8 @@ CASES = [(task_type, "bert") for task_type in TASK_TYPES] + [("text_embedding", 
 
 @pytest.mark.parametrize(("task_type", "family"), CASES)
 def test_every_tiny_model_passes(task_type: str, family: str, tmp_path: Path) -> None:
+    from inferq.tracing import trace_hf_model
     from tests.tiny_models import build_tiny_model
-    from workers.tracing import trace_hf_model
 
     folder = build_tiny_model(task_type, tmp_path, family)
     check(trace_hf_model(folder, task_type, max_sequence_length=32).torchscript)

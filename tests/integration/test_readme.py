@@ -71,7 +71,7 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     log = tmp_path_factory.mktemp("make-run") / "stderr.txt"
     with open(log, "wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "cluster", "--nodes", "2", "--demo-model", "--port", str(port)],
+            [sys.executable, "-m", "inferq.cli", "cluster", "--nodes", "2", "--demo-model", "--port", str(port)],
             env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
         )  # fmt: skip
     assert proc.stdout is not None

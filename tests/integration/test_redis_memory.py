@@ -125,8 +125,8 @@ def _model_of_size(folder: Path) -> Any:
     (the model's size) is more than the Redis below has left."""
     import transformers
 
+    from inferq.tracing import trace_hf_model
     from tests.tiny_models import build_tiny_model
-    from workers.tracing import trace_hf_model
 
     path = build_tiny_model("text_embedding", folder)
     config = transformers.BertConfig.from_pretrained(str(path))

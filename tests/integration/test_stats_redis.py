@@ -1,4 +1,4 @@
-"""``shared/lua/stats.lua`` against a real redis-server, read back through ``shared.stats``."""
+"""``shared/lua/stats.lua`` against a real redis-server, read back through ``gateway.stats``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import keys
-from shared.lua import compose
-from shared.stats import (
+from gateway.stats import (
     INCR_SCRIPT,
     RECORD_SCRIPT,
     MinuteTotals,
@@ -16,6 +14,8 @@ from shared.stats import (
     last_minute,
     parse_counters,
 )
+from shared import keys
+from shared.lua import compose
 
 START_MS = 1_700_000_000_000
 MINUTE_MS = 60_000

@@ -64,9 +64,9 @@ def test_task_through_http(
     tokenizer: str,
     request_config: dict[str, Any] | None,
 ) -> None:
+    from inferq.tracing import trace_hf_model
     from tests.tiny_models import build_tiny_model
     from workers.tasks import build_task
-    from workers.tracing import trace_hf_model
 
     folder = build_tiny_model(task_type, tmp_path_factory.mktemp(task_type), tokenizer)
     traced = trace_hf_model(folder, task_type, max_sequence_length=64)

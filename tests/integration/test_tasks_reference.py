@@ -63,8 +63,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Served]]:
+    from inferq.tracing import trace_hf_model
     from workers.tasks import build_task
-    from workers.tracing import trace_hf_model
 
     cache: dict[tuple[str, str, int], Served] = {}
     root = tmp_path_factory.mktemp("tiny")

@@ -1,4 +1,4 @@
-"""``shared.api_keys`` pure logic: credentials, hashing, records, privileges, the verified cache."""
+"""``gateway.api_keys`` pure logic: credentials, hashing, records, privileges, the verified cache."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from shared import api_keys
-from shared.api_keys import (
+from gateway import api_keys
+from gateway.api_keys import (
     ApiKeyRecord,
     BadCredentials,
     Credentials,

@@ -9,16 +9,16 @@ import pytest
 import redis
 from rq.job import Job
 
-from workers.bulk import BulkOptions, Entry, JsonlSink, MsgpackSerializer, count_items, iter_items
+from inferq.bulk import BulkOptions, Entry, JsonlSink, MsgpackSerializer, count_items, iter_items
 
 
 def test_round_trip_of_what_rq_stores() -> None:
     meta = {"done": 3, "total": None, "errors": 0, "nested": {"a": [1, 2.5, "x", b"\x00\xff"]}}
     assert MsgpackSerializer.loads(MsgpackSerializer.dumps(meta)) == meta
     # RQ stores (func_name, instance, args, kwargs); msgpack gives the tuples back as lists
-    job_tuple = ("workers.bulk.run_bulk_job", None, ("dep", {"docs": [{"text_field": "é 東京"}]}), {"k": 1})
+    job_tuple = ("inferq.bulk.run_bulk_job", None, ("dep", {"docs": [{"text_field": "é 東京"}]}), {"k": 1})
     func_name, instance, args, kwargs = MsgpackSerializer.loads(MsgpackSerializer.dumps(job_tuple))
-    assert (func_name, instance, args, kwargs) == ("workers.bulk.run_bulk_job", None, ["dep", {"docs": [{"text_field": "é 東京"}]}], {"k": 1})
+    assert (func_name, instance, args, kwargs) == ("inferq.bulk.run_bulk_job", None, ["dep", {"docs": [{"text_field": "é 東京"}]}], {"k": 1})
 
 
 # the bytes Python's pickle module writes for {"a": 1} (protocol 4), spelled out: no pickle here
@@ -36,7 +36,7 @@ def test_rq_job_data_is_msgpack() -> None:
     # A client object connects lazily: building a job's payload sends nothing to Redis.
     connection = redis.Redis(host="127.0.0.1", port=1)
     job = Job.create(
-        "workers.bulk.run_bulk_job",
+        "inferq.bulk.run_bulk_job",
         args=("my-deployment", {"docs": [{"text_field": "hello"}]}),
         kwargs={"output_path": None, "options": {"chunk_docs": 8}},
         connection=connection,
@@ -45,7 +45,7 @@ def test_rq_job_data_is_msgpack() -> None:
     data = job.data
     assert not data.startswith(b"\x80")  # a pickle stream starts with PROTO
     assert msgpack.unpackb(data, raw=False) == [
-        "workers.bulk.run_bulk_job",
+        "inferq.bulk.run_bulk_job",
         None,
         ["my-deployment", {"docs": [{"text_field": "hello"}]}],
         {"output_path": None, "options": {"chunk_docs": 8}},

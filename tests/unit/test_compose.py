@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.cli import build_parser
+from inferq.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,18 +9,18 @@ import pytest
 
 from gateway.auth import holds
 from gateway.info_api import render_limits
-from shared.cli import build_parser
-from shared.errors import BadRequest, render_value
-from shared.local_cluster import redis_note
-from shared.node_registry import NodeInfo
-from shared.task_config import read_input_text
-from workers.importer import (
+from inferq.cli import build_parser
+from inferq.importer import (
     START_ACTION,
     UPLOAD_ACTIONS,
     capacity_problem,
     privilege_problem,
     required_actions,
 )
+from inferq.local_cluster import redis_note
+from shared.errors import BadRequest, render_value
+from shared.node_registry import NodeInfo
+from shared.task_config import read_input_text
 
 URL = "http://127.0.0.1:9200"
 

@@ -171,8 +171,8 @@ def test_view_prefers_started_deployments_and_resolves_aliases() -> None:
 
 
 def test_inference_privileges() -> None:
+    from gateway.api_keys import action_allowed
     from gateway.auth import action_for
-    from shared.api_keys import action_allowed
 
     post = action_for("POST", "/_inference/{task_type}/{inference_id}")
     put = action_for("PUT", "/_inference/{task_type}/{inference_id}")

@@ -17,10 +17,10 @@ from gateway.request_metrics import (
     request_field,
     status_class,
 )
+from gateway.stats import NodeCounters
 from gateway.status_page import status_data
 from shared.cache import CacheStats
 from shared.histograms import BATCH_SIZE, FORWARD_SECONDS, REQUEST_SECONDS, Buckets
-from shared.stats import NodeCounters
 
 
 def test_bucket_index_is_le() -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.planner import (
+from gateway.planner import (
     LOW_PRIORITY_SLOTS_PER_NODE,
     MB,
     DeploymentDemand,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.local_cluster import redis_server_args
+from inferq.local_cluster import redis_server_args
 from shared.redis_config import config_warnings
 
 ROOT = Path(__file__).resolve().parents[2]

