@@ -56,16 +56,6 @@ def summary(latencies: list[float]) -> dict[str, float]:
     return {"p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99), "n": len(latencies)}
 
 
-def deployment_stats(cluster: LocalCluster, deployment_id: str) -> dict[str, Any]:
-    status, body = cluster.call("GET", f"/_ml/trained_models/{deployment_id}/_stats")
-    assert status == 200, body
-    for entry in body["trained_model_stats"]:
-        stats = entry.get("deployment_stats")
-        if stats and stats["deployment_id"] == deployment_id:
-            return stats  # type: ignore[no-any-return]
-    raise AssertionError(body)
-
-
 # ---- 1. the search lane -----------------------------------------------------------------------
 
 
@@ -112,7 +102,7 @@ def search_lane(cluster: LocalCluster, requests: int) -> dict[str, Any]:
         chunk = texts[50 + requests * (n + 1) : 50 + requests * (n + 2)]
         with BulkLoad(cluster, "lane", lane) as bulk:
             time.sleep(3)  # the job fills every allocation
-            busy = deployment_stats(cluster, "lane")
+            busy = cluster.deployment_stats("lane")
             latencies = asyncio.run(sequential_ms(cluster.url, "lane", chunk))
         report[f"bulk in the {lane} lane"] = summary(latencies) | {
             "bulk_docs_per_s": bulk.done_docs / max(bulk.elapsed_s, 1e-9),
@@ -132,7 +122,7 @@ def search_lane(cluster: LocalCluster, requests: int) -> dict[str, Any]:
 def wait_scaled_to_zero(cluster: LocalCluster, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
-        stats = deployment_stats(cluster, "auto")
+        stats = cluster.deployment_stats("auto")
         if stats["number_of_allocations"] == 0 and not stats["nodes"]:
             return
         assert time.monotonic() < deadline, stats
@@ -170,7 +160,7 @@ async def ramp(cluster: LocalCluster, steps: list[int], step_s: float) -> list[d
     async def sampler(began: float) -> None:
         loop = asyncio.get_running_loop()
         while not stop.is_set():
-            stats = await loop.run_in_executor(None, deployment_stats, cluster, "auto")
+            stats = await loop.run_in_executor(None, cluster.deployment_stats, "auto")
             samples.append({
                 "t_s": time.monotonic() - began, "clients": clients, "answered": done[0],
                 "number_of_allocations": stats["number_of_allocations"],

@@ -25,6 +25,8 @@ import tempfile
 import time
 import urllib.request
 
+from tests.processes import session_members
+
 LIMIT_S = 5.0
 
 
@@ -32,22 +34,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _session_members(sid: int) -> set[int]:
-    """Live processes of the session ``sid`` (the cluster's children keep it: they only change group)."""
-    found: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[3]) == sid:
-            found.add(int(entry))
-    return found
 
 
 def one_run(nodes: int, redis_url: str | None) -> tuple[float, float, int, str]:
@@ -79,13 +65,13 @@ def one_run(nodes: int, redis_url: str | None) -> tuple[float, float, int, str]:
         sigint_at = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
         deadline = sigint_at + 30
-        while (proc.poll() is None or _session_members(proc.pid)) and time.monotonic() < deadline:
+        while (proc.poll() is None or session_members(proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.01)
         stop_s = time.monotonic() - sigint_at
         stderr.seek(0)
         said = [line.strip() for line in stderr.read().decode(errors="replace").splitlines()]
         stopping = "; ".join(line for line in said if line.startswith("inferq:") and "stop" in line)
-        return ready_s, stop_s, len(_session_members(proc.pid)), stopping
+        return ready_s, stop_s, len(session_members(proc.pid)), stopping
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

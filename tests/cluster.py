@@ -81,6 +81,16 @@ class LocalCluster:
     def call(self, method: str, path: str, body: Any = None, timeout_s: float = 120) -> tuple[int, Any]:
         return http(method, self.url + path, body, timeout_s)
 
+    def deployment_stats(self, deployment_id: str) -> dict[str, Any]:
+        """The ``deployment_stats`` object of one deployment, from ``GET _stats``."""
+        status, body = self.call("GET", f"/_ml/trained_models/{deployment_id}/_stats")
+        assert status == 200, body
+        for entry in body["trained_model_stats"]:
+            stats = entry.get("deployment_stats")
+            if stats and stats["deployment_id"] == deployment_id:
+                return stats  # type: ignore[no-any-return]
+        raise AssertionError(f"no deployment {deployment_id} in {body}")
+
 
 def pause_process(pid: int, timeout_s: float = 10) -> None:
     """SIGSTOP, then wait until every thread of the process is stopped: the signal reaches the

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,10 +15,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from tests.cluster import LocalCluster, local_cluster
-from tests.redis_server import free_port
+from tests.cluster_command import cluster_command
 
 pytestmark = pytest.mark.slow
 
@@ -94,38 +89,18 @@ def test_restarting_with_another_bootstrap_key_retires_the_old_one(two_gateways:
 
 
 def test_the_local_cluster_with_auth_on_deploys_the_demo_and_its_curl_carries_the_key(redis_url: str) -> None:
-    port = free_port()
-    db_url = redis_url.rsplit("/", 1)[0] + "/13"
-    client = redis.Redis.from_url(db_url)
-    client.flushdb()
-    client.close()
-    env = {**os.environ, "INFERQ_REDIS_URL": db_url, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
-           "INFERQ_AUTH": "on", "INFERQ_BOOTSTRAP_API_KEY": BOOTSTRAP}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "inferq.cli", "cluster", "--nodes", "2", "--port", str(port), "--demo-model", "--no-bulk-worker"],
-        env=env, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        began, line = time.monotonic(), ""
-        while "inferq ready" not in line:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "cluster exited before it was ready"
-            assert time.monotonic() - began < 300
-        header = re.search(r"-H 'Authorization: ApiKey ([^']+)'", line)
-        body = re.search(r"-d '(.*)'", line)
-        assert header is not None and body is not None, line
+    with cluster_command(
+        redis_url, 13, "--no-bulk-worker", env={"INFERQ_AUTH": "on", "INFERQ_BOOTSTRAP_API_KEY": BOOTSTRAP}
+    ) as running:
+        header = re.search(r"-H 'Authorization: ApiKey ([^']+)'", running.ready_line)
+        body = re.search(r"-d '(.*)'", running.ready_line)
+        assert header is not None and body is not None, running.ready_line
         assert header.group(1) == BOOT
-        url = f"http://127.0.0.1:{port}"
-        status, result = call(url, "POST", f"{ML}/all-minilm-l6-v2/_infer", json.loads(body.group(1)), key=header.group(1))
+        payload = json.loads(body.group(1))
+        status, result = call(running.url, "POST", f"{ML}/all-minilm-l6-v2/_infer", payload, key=header.group(1))
         assert status == 200 and len(result["inference_results"][0]["predicted_value"]) == 384
-        assert call(url, "POST", f"{ML}/all-minilm-l6-v2/_infer", json.loads(body.group(1)), key=None)[0] == 401
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-        if proc.stdout is not None:
-            proc.stdout.close()
-    assert proc.returncode == 0
+        assert call(running.url, "POST", f"{ML}/all-minilm-l6-v2/_infer", payload, key=None)[0] == 401
+    assert running.proc.returncode == 0
 
 
 def test_auth_on_without_a_bootstrap_key_says_what_is_missing() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.clients import SAMPLE_TEXTS, write_model_files
+from tests.clients import SAMPLE_TEXTS, assert_client_error, error, ok, write_model_files
 from tests.clients.install import ensure, run_driver
 from tests.cluster import LocalCluster, infer, local_cluster, start, upload
 
@@ -57,20 +57,6 @@ def run(request: pytest.FixtureRequest, es_cluster: LocalCluster, model_dir: Pat
     assert result["client"].startswith(major[-1] + ".")
     assert result["class"] == ("Elasticsearch" if mode == "sync" else "AsyncElasticsearch")
     return result
-
-
-def ok(run: dict[str, Any], step: str) -> Any:
-    entry = run["steps"][step]
-    assert "status" in entry, f"{step}: {entry}"
-    assert entry["status"] == 200, f"{step}: {entry}"
-    return entry["body"]
-
-
-def error(run: dict[str, Any], step: str) -> dict[str, Any]:
-    entry = run["steps"][step]
-    assert "error" in entry, f"{step} did not fail: {entry}"
-    failure: dict[str, Any] = entry["error"]
-    return failure
 
 
 def model_of(run: dict[str, Any]) -> str:
@@ -183,13 +169,9 @@ def test_errors_are_the_clients_own_exceptions(
     run: dict[str, Any], step: str, exception: str, status: int, error_type: str, reason_part: str
 ) -> None:
     failure = error(run, step)
-    assert failure["class"] == exception
-    assert "ApiError" in failure["mro"]
-    assert failure["status"] == failure["status_code"] == status
-    body = failure["body"]
-    assert body["status"] == status
-    assert body["error"]["type"] == error_type == failure["message"]
-    root = body["error"]["root_cause"][0]
+    assert_client_error(failure, exception, status, error_type, reason_part)
+    assert failure["status_code"] == status and failure["message"] == error_type
+    root = failure["body"]["error"]["root_cause"][0]
     assert reason_part in root["reason"]
     assert repr(root["reason"]) in failure["str"]  # the client's message shows the root cause
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.clients import RERANK_DOCS, RERANK_QUERY, SAMPLE_TEXTS
+from tests.clients import RERANK_DOCS, RERANK_QUERY, SAMPLE_TEXTS, assert_client_error, error, ok
 from tests.clients.install import ensure, run_driver
 from tests.cluster import LocalCluster, infer, local_cluster, start, upload
 
@@ -64,19 +64,6 @@ def run(request: pytest.FixtureRequest, es_cluster: LocalCluster, reference: Any
     )
     assert result["client"].startswith(major[-1] + ".")
     return result
-
-
-def ok(run: dict[str, Any], step: str) -> Any:
-    entry = run["steps"][step]
-    assert entry.get("status") == 200, f"{step}: {entry}"
-    return entry["body"]
-
-
-def error(run: dict[str, Any], step: str) -> dict[str, Any]:
-    entry = run["steps"][step]
-    assert "error" in entry, f"{step} did not fail: {entry}"
-    failure: dict[str, Any] = entry["error"]
-    return failure
 
 
 def prefix_of(run: dict[str, Any]) -> str:
@@ -145,11 +132,7 @@ def test_update(run: dict[str, Any]) -> None:
 def test_errors_are_the_clients_own_exceptions(
     run: dict[str, Any], step: str, exception: str, status: int, error_type: str, reason_part: str
 ) -> None:
-    failure = error(run, step)
-    assert failure["class"] == exception and "ApiError" in failure["mro"]
-    assert failure["status"] == status and failure["body"]["status"] == status
-    assert failure["body"]["error"]["type"] == error_type
-    assert reason_part in failure["body"]["error"]["reason"]
+    assert_client_error(error(run, step), exception, status, error_type, reason_part)
 
 
 def test_aliases(run: dict[str, Any], reference: dict[str, Any]) -> None:

@@ -34,16 +34,6 @@ def unique_texts(n: int) -> list[str]:
     return [f"text {next(_counter)} for the lifecycle" for _ in range(n)]
 
 
-def routing(cluster: LocalCluster, deployment_id: str) -> dict[str, Any]:
-    status, body = cluster.call("GET", f"/_ml/trained_models/{deployment_id}/_stats")
-    assert status == 200, body
-    for entry in body["trained_model_stats"]:
-        stats = entry.get("deployment_stats")
-        if stats and stats["deployment_id"] == deployment_id:
-            return stats  # type: ignore[no-any-return]
-    raise AssertionError(f"no deployment {deployment_id} in {body}")
-
-
 def stop(cluster: LocalCluster, deployment_id: str, query: str = "") -> None:
     status, body = cluster.call("POST", f"/_ml/trained_models/{deployment_id}/deployment/_stop?{query}")
     assert status == 200 and body == {"stopped": True}, body
@@ -65,7 +55,7 @@ def test_start_with_each_wait_for(trio: LocalCluster, wait_for: str) -> None:
     assert assignment["start_time"].endswith("Z")
     # whatever it waited for, the deployment comes up and serves
     deadline = time.monotonic() + 30
-    while routing(trio, deployment_id)["allocation_status"]["state"] != "fully_allocated":
+    while trio.deployment_stats(deployment_id)["allocation_status"]["state"] != "fully_allocated":
         assert time.monotonic() < deadline
         time.sleep(0.1)
     status, body = infer(trio, deployment_id, unique_texts(2))
@@ -137,7 +127,7 @@ def test_update_up_and_down_under_load_loses_nothing(trio: LocalCluster) -> None
         status, body = trio.call("POST", "/_ml/trained_models/elastic/deployment/_update", {"number_of_allocations": 5})
         assert status == 200, body
         assert body["assignment"]["task_parameters"]["number_of_allocations"] == 5
-        while routing(trio, "elastic")["allocation_status"]["allocation_count"] != 5:
+        while trio.deployment_stats("elastic")["allocation_status"]["allocation_count"] != 5:
             assert time.monotonic() - began < 30
             time.sleep(0.05)
         scale_up_s = time.monotonic() - began
@@ -145,7 +135,7 @@ def test_update_up_and_down_under_load_loses_nothing(trio: LocalCluster) -> None
         status, body = trio.call("POST", "/_ml/trained_models/elastic/deployment/_update?number_of_allocations=2")
         assert status == 200, body
         began = time.monotonic()
-        while routing(trio, "elastic")["allocation_status"]["allocation_count"] != 2:
+        while trio.deployment_stats("elastic")["allocation_status"]["allocation_count"] != 2:
             assert time.monotonic() - began < 30
             time.sleep(0.05)
         time.sleep(1.0)
@@ -189,13 +179,13 @@ def test_killed_node_allocations_are_replaced(redis_url: str, tiny_embedding_mod
     with local_cluster(redis_url, nodes=[("a", 2), ("b", 2)]) as pair:
         upload(pair, "tiny", tiny_embedding_model)
         start(pair, "tiny", "number_of_allocations=2&wait_for=fully_allocated&cache_size=0b")
-        stats = routing(pair, "tiny")
+        stats = pair.deployment_stats("tiny")
         victim = next(n for node in stats["nodes"] for n in node["node"] if node.get("number_of_allocations", 0) > 0)
         survivor = "b" if victim == "a" else "a"
         pair.kill_node(victim)
         killed_at = time.monotonic()
         while True:
-            stats = routing(pair, "tiny")
+            stats = pair.deployment_stats("tiny")
             per_node = {n: node for node in stats["nodes"] for n in node["node"]}
             if (
                 victim not in per_node
@@ -230,7 +220,7 @@ def test_stats_counters_are_exact(redis_url: str, minilm_traced: Any, tiny_embed
             os.kill(worker.pid, signal.SIGCONT)
         assert status == 408 and body["error"]["reason"] == "timeout [200ms] waiting for inference result"
         time.sleep(0.5)  # the worker skips the expired request
-        stats = routing(one, "tiny")
+        stats = one.deployment_stats("tiny")
         node = stats["nodes"][0]
         assert node["inference_cache_hit_count"] == 3
         assert node["timeout_count"] == 1 and stats["timeout_count"] == 1
@@ -265,7 +255,7 @@ def test_start_timeout_is_408_and_deployment_keeps_starting(trio: LocalCluster, 
     assert status == 408, body
     assert "Timed out after [1ms] waiting for trained model deployment [patient] to start" in body["error"]["reason"]
     deadline = time.monotonic() + 30
-    while routing(trio, "patient")["state"] != "started":
+    while trio.deployment_stats("patient")["state"] != "started":
         assert time.monotonic() < deadline
         time.sleep(0.1)
     stop(trio, "patient")
