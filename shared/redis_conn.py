@@ -17,6 +17,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -26,7 +28,11 @@ def async_client(
     url: str, *, blocking: bool = False, max_connections: int = 32, client_name: str | None = None
 ) -> aioredis.Redis:
     """A client whose pool never grows past ``max_connections``: a burst of requests waits
-    for a free connection instead of opening one per request in flight."""
+    for a free connection instead of opening one per request in flight.
+
+    A command that fails with a connection error is sent once more on a new connection: a
+    Redis that died holding unread bytes resets its connections, a reset leaves no EOF for the
+    pool's idle check to see, and the first command after Redis is back would fail on it."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -35,6 +41,7 @@ def async_client(
         socket_connect_timeout=5.0,
         health_check_interval=0,
         client_name=client_name,
+        retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
 
