@@ -32,7 +32,7 @@ from gateway.adaptive import AdaptiveScaler, NodeSample, ScalerConfig, window_of
 from gateway.adaptive_settings import AdaptiveAllocations
 from gateway.assignment import routable_allocations
 from gateway.control import ControlPlane
-from shared import histograms, keys, node_registry
+from shared import histograms, node_registry, queue
 from shared.redis_conn import text
 
 log = logging.getLogger(__name__)
@@ -158,16 +158,8 @@ class AdaptiveService:
     async def _read(self, deployment_id: str, node_ids: Sequence[str]) -> dict[str, NodeSample]:
         if not node_ids:
             return {}
-        async with self.control.redis.pipeline(transaction=False) as pipe:
-            for node in node_ids:
-                pipe.hgetall(keys.stats(deployment_id, node))
-                pipe.llen(keys.queue(deployment_id, node))
-                pipe.llen(keys.bulk_queue(deployment_id, node))
-            replies = await pipe.execute()
-        return {
-            node: sample_of(replies[3 * i], int(replies[3 * i + 1]) + int(replies[3 * i + 2]))
-            for i, node in enumerate(node_ids)
-        }
+        read = await queue.arun(self.control.redis, queue.samples(deployment_id, node_ids))
+        return {node: sample_of(s.stats, s.queued) for node, s in read.items()}
 
     async def _scale(self, doc: dict[str, Any], allocations: int, live: Sequence[str]) -> None:
         """Set the count and re-plan, as an ``_update`` would (the lease is held)."""
@@ -193,7 +185,4 @@ class AdaptiveService:
         if placed > 0 and isinstance(old_standby, str) and old_standby not in targets:
             heir = updated.get("standby_node")
             if isinstance(heir, str):  # requests that waited on the old standby node go along
-                await self.control._move_list(keys.queue(deployment_id, old_standby), keys.queue(deployment_id, heir))
-                await self.control._move_list(
-                    keys.bulk_queue(deployment_id, old_standby), keys.bulk_queue(deployment_id, heir)
-                )
+                await self.control.hand_over(deployment_id, old_standby, heir)

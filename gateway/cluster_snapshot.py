@@ -9,7 +9,7 @@ give the same numbers. Four pipelined round trips, whatever the cluster's size:
    ``keys.METRICS_PLANNER`` (``gateway/control.py``);
 3. per node ``inferq:node:<id>``, its heartbeat key and the key's PTTL (the age of the last
    beat is its TTL minus what is left, on Redis' clock: no skew between machines); per
-   (deployment, node) placed or targeted, one ``FIGURES_SCRIPT`` call: the stats hash
+   (deployment, node) placed or targeted, one ``shared.queue.FIGURES`` call: the stats hash
    (``keys.stats``: ``shared/lua/stats.lua`` counters and the worker's histograms), the
    cache's ``meta`` hash, ``LLEN`` of both queue lanes and of the allocations' processing
    lists (in flight), packed by Redis into one MessagePack string (parsing thousands of RESP
@@ -33,8 +33,8 @@ import redis.asyncio as aioredis
 from gateway.assignment import assignment_state
 from gateway.request_metrics import GatewayFigures, parse_gateway_hash
 from gateway.stats import NodeCounters, parse_counters
-from shared import keys, node_registry
-from shared.cache import CacheStats, meta_key, parse_meta
+from shared import keys, node_registry, queue
+from shared.cache import CacheStats, parse_meta
 from shared.cluster_view import DeploymentView, load_view
 from shared.histograms import BATCH_SIZE, FORWARD_SECONDS, Histogram
 from shared.node_registry import NodeInfo
@@ -124,19 +124,6 @@ class ClusterSnapshot:
     read_seconds: float
 
 
-# KEYS (one {dep|node} hash tag): stats, cache meta, queue, bulk queue, then the allocations'
-# processing lists.  Returns msgpack [stats HGETALL as a flat array, meta HGETALL as a flat
-# array, queue length, bulk length, summed length of the processing lists].
-FIGURES_SCRIPT = """
-local in_flight = 0
-for i = 5, #KEYS do
-  in_flight = in_flight + redis.call('LLEN', KEYS[i])
-end
-return cmsgpack.pack({redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
-  redis.call('LLEN', KEYS[3]), redis.call('LLEN', KEYS[4]), in_flight})
-"""
-
-
 def _pairs(flat: Any) -> dict[str, str]:
     items: Sequence[Any] = flat if isinstance(flat, list) else []
     return {str(items[i]): str(items[i + 1]) for i in range(0, len(items) - 1, 2)}
@@ -144,7 +131,7 @@ def _pairs(flat: Any) -> dict[str, str]:
 
 def unpack_figures(raw: bytes) -> tuple[dict[str, str], dict[str, str], int, int, int]:
     """The stats hash, the cache meta hash, the two queue lengths and the in-flight count of a
-    ``FIGURES_SCRIPT`` reply."""
+    ``shared.queue.FIGURES`` reply."""
     stats, meta, depth, bulk_depth, in_flight = msgpack.unpackb(raw, raw=False, unicode_errors="replace")
     return _pairs(stats), _pairs(meta), int(depth), int(bulk_depth), int(in_flight)
 
@@ -168,37 +155,50 @@ def placed_nodes(view: DeploymentView) -> list[str]:
     return sorted(set(view.routes) | {node for node, n in targets.items() if n > 0})
 
 
+def _hash(raw: Any) -> dict[Any, Any]:
+    return raw if isinstance(raw, dict) else dict(_pairs(raw)) if raw else {}
+
+
+def _read_figures(pairs: Sequence[tuple[str, str]]) -> queue.Ops[list[Any]]:
+    """Two round trips: the node list, both metrics hashes and the allocation sets; then per node
+    its info hash, heartbeat and its PTTL, and per (deployment, node) one ``FIGURES`` call. The
+    replies in that order (the nodes' ahead of the figures)."""
+    first = yield queue.Batch((
+        queue.Command(("SMEMBERS", keys.NODES)),
+        queue.Command(("HGETALL", keys.METRICS_GATEWAY)),
+        queue.Command(("HGETALL", keys.METRICS_PLANNER)),
+        *(queue.allocations_command(d, n) for d, n in pairs),
+    ))  # fmt: skip
+    for reply in first:
+        if isinstance(reply, Exception):
+            raise reply
+    raw_nodes, raw_gateway, raw_planner, *raw_allocations = first
+    node_ids = sorted(text(n) for n in raw_nodes)
+    second = yield queue.Batch((
+        *(queue.Command((command, key(node_id))) for node_id in node_ids
+          for command, key in (("HGETALL", keys.node_info), ("GET", keys.node_heartbeat), ("PTTL", keys.node_heartbeat))),
+        *(queue.figures_call(d, n, names) for (d, n), names in zip(pairs, raw_allocations, strict=True)),
+    ))  # fmt: skip
+    for reply in second:
+        if isinstance(reply, Exception):
+            raise reply
+    return [raw_nodes, raw_gateway, raw_planner, *second]
+
+
 async def read_snapshot(client: aioredis.Redis) -> ClusterSnapshot:
     started = time.perf_counter()
     view = await load_view(client)
     views = [view.deployments[d] for d in sorted(view.deployments)]
     pairs = [(dv, node) for dv in views for node in placed_nodes(dv)]
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.smembers(keys.NODES)
-        pipe.hgetall(keys.METRICS_GATEWAY)
-        pipe.hgetall(keys.METRICS_PLANNER)
-        for dv, node in pairs:
-            pipe.smembers(keys.dn_allocations(dv.deployment_id, node))
-        raw_nodes, raw_gateway, raw_planner, *raw_allocations = await pipe.execute()
+    replies = iter(await queue.arun(client, _read_figures([(dv.deployment_id, node) for dv, node in pairs])))
+    raw_nodes, raw_gateway, raw_planner = next(replies), next(replies), next(replies)
     node_ids = sorted(text(n) for n in raw_nodes)
-    sha = await client.script_load(FIGURES_SCRIPT) if pairs else ""
-    async with client.pipeline(transaction=False) as pipe:
-        for node_id in node_ids:
-            pipe.hgetall(keys.node_info(node_id))
-            pipe.get(keys.node_heartbeat(node_id))
-            pipe.pttl(keys.node_heartbeat(node_id))
-        for (dv, node), allocations in zip(pairs, raw_allocations, strict=True):
-            dn = (dv.deployment_id, node)
-            lists = [keys.processing(*dn, text(a)) for a in sorted(allocations)]
-            figure_keys = [keys.stats(*dn), meta_key(keys.cache_prefix(*dn)), keys.queue(*dn), keys.bulk_queue(*dn)]
-            pipe.evalsha(sha, 4 + len(lists), *figure_keys, *lists)
-        replies = iter(await pipe.execute())
     now_ms = int(time.time() * 1000)
 
     infos: dict[str, tuple[NodeInfo, bytes | None, int]] = {}
     for node_id in node_ids:
-        info, beat, pttl_ms = next(replies), next(replies), int(next(replies))
-        infos[node_id] = (NodeInfo.from_hash(node_id, info or {}), beat, pttl_ms)
+        raw_info, beat, pttl_ms = _hash(next(replies)), next(replies), int(next(replies))
+        infos[node_id] = (NodeInfo.from_hash(node_id, raw_info), beat, pttl_ms)
 
     deployments: list[DeploymentFigures] = []
     placements_by_dep: dict[str, list[PlacementFigures]] = {}
@@ -253,12 +253,12 @@ async def read_snapshot(client: aioredis.Redis) -> ClusterSnapshot:
                 allocated_processors=sum(p.allocations * p.threads_per_allocation for p in running),
             )
         )
-    planner = {text(k): int(float(text(v))) for k, v in raw_planner.items()}
+    planner = {text(k): int(float(text(v))) for k, v in _hash(raw_planner).items()}
     return ClusterSnapshot(
         time_ms=now_ms,
         nodes=nodes,
         deployments=deployments,
-        gateway=parse_gateway_hash(raw_gateway).only(set(view.deployments)),
+        gateway=parse_gateway_hash(_hash(raw_gateway)).only(set(view.deployments)),
         planner_actions=planner,
         read_seconds=time.perf_counter() - started,
     )

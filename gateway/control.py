@@ -21,7 +21,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,8 +34,7 @@ from gateway.planner import DeploymentDemand, NodeCapacity, Plan, estimate_memor
 from gateway.redis_memory import RedisMemorySettings, read_capacity
 from gateway.request_metrics import forget_deployment
 from gateway.start_params import StartParams
-from shared import keys, node_registry, task_config
-from shared.cache import clear_cache
+from shared import keys, node_registry, queue, task_config
 from shared.deployment_store import DeploymentStore
 from shared.errors import (
     BadRequest,
@@ -47,12 +46,10 @@ from shared.errors import (
     deployment_not_found,
 )
 from shared.model_store import ModelStore
-from shared.queue import REQUEUE_COUNTED
 from shared.redis_budget import CacheBudget, CacheDemand, RedisCapacity, explicit_refusal, plan_cache_budgets
 from shared.redis_budget import demand_of as cache_demand_of
 from shared.redis_conn import text
 from shared.units import format_bytes, format_time_ms
-from shared.wire import InferReply, InferRequest, WireError
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +111,6 @@ class ControlPlane:
         self.redis_memory = redis_memory or RedisMemorySettings()
         self.models = ModelStore(client)
         self.deployments = DeploymentStore(client)
-        self._requeue_counted = client.register_script(REQUEUE_COUNTED)
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -331,47 +327,16 @@ class ControlPlane:
     async def cancel_queued(self, deployment_id: str) -> int:
         """Answer every queued (not yet running) request of the deployment with an error."""
         cancelled = 0
-        nodes = sorted(text(n) for n in await self.redis.smembers(keys.deployment_nodes(deployment_id)))
-        for queue_key in [lane(deployment_id, node) for node in nodes for lane in (keys.queue, keys.bulk_queue)]:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.lrange(queue_key, 0, -1)
-                pipe.delete(queue_key)
-                items, _ = await pipe.execute()
-            cancelled += await self._reply_errors(items, STOPPING_REASON, 409)
+        error = {"status": 409, "type": "status_exception", "reason": STOPPING_REASON}
+        for node in sorted(text(n) for n in await self.redis.smembers(keys.deployment_nodes(deployment_id))):
+            cancelled += await queue.arun(self.redis, queue.cancel(deployment_id, node, error))
         return cancelled
-
-    async def _reply_errors(self, items: list[bytes], reason: str, status: int) -> int:
-        if not items:
-            return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for raw in items:
-                try:
-                    request = InferRequest.unpack(raw)
-                except WireError:
-                    continue
-                reply = InferReply(
-                    id=request.id,
-                    node="",
-                    error={"status": status, "type": "status_exception", "reason": reason},
-                )
-                pipe.rpush(request.reply_to, reply.pack())
-                pipe.expire(request.reply_to, 120)
-            await pipe.execute()
-        return len(items)
 
     async def _remove(self, deployment_id: str) -> None:
         """Delete every per-node key of the deployment, found through its indexes."""
         nodes = sorted(text(n) for n in await self.redis.smembers(keys.deployment_nodes(deployment_id)))
         for node in nodes:
-            await clear_cache(self.redis, keys.cache_prefix(deployment_id, node))
-            allocations = await self.redis.smembers(keys.dn_allocations(deployment_id, node))
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.unlink(keys.queue(deployment_id, node), keys.bulk_queue(deployment_id, node), keys.stats(deployment_id, node))
-                for allocation in allocations:
-                    pipe.unlink(keys.processing(deployment_id, node, text(allocation)))
-                pipe.unlink(keys.dn_allocations(deployment_id, node))
-                pipe.srem(keys.node_deployments(node), deployment_id)
-                await pipe.execute()
+            await queue.arun(self.redis, queue.drop(deployment_id, node))
         await self.redis.unlink(keys.deployment_nodes(deployment_id))
         await self.deployments.remove(deployment_id)
         await forget_deployment(self.redis, deployment_id)  # its request counters end with it
@@ -497,7 +462,7 @@ class ControlPlane:
             if not heirs:
                 continue
             for node_id in sorted(stalled & set(targets)):
-                await self._move_list(keys.queue(deployment_id, node_id), keys.queue(deployment_id, heirs[0]))
+                await self.hand_over(deployment_id, node_id, heirs[0], lanes=(queue.INTERACTIVE,))
 
     async def _reap_dead_nodes(self) -> None:
         live = {n.node_id for n in await node_registry.live_nodes(self.redis)}
@@ -514,31 +479,26 @@ class ControlPlane:
                     await self.deployments.drop_route(deployment_id, node_id)
                     await self.deployments.bump()
                 heirs = sorted(n for n, a in doc.get("targets", {}).items() if a > 0 and n in live)
-                dead_queue = keys.queue(deployment_id, node_id)
                 # in-flight requests back on the dead node's queue first (served next), each
                 # counting a delivery: a request that kills its workers is not run for ever
-                for allocation in sorted(await self.redis.smembers(keys.dn_allocations(deployment_id, node_id))):
-                    processing = keys.processing(deployment_id, node_id, text(allocation))
-                    await self._requeue_counted(keys=[processing, dead_queue])
-                for lane in (keys.queue, keys.bulk_queue):
-                    source = lane(deployment_id, node_id)
-                    if not await self.redis.exists(source):
-                        continue
-                    if not heirs:
-                        leftovers = True
-                        continue
-                    # different hash tags: move item by item through this process (rare path)
-                    await self._move_list(source, lane(deployment_id, heirs[0]))
-                    await self.count_action("requeue")
+                await queue.arun(self.redis, queue.recover(deployment_id, node_id))
+                if not await queue.arun(self.redis, queue.queued(deployment_id, node_id)):
+                    continue
+                if not heirs:
+                    leftovers = True
+                    continue
+                # different hash tags: copied, then removed (crash-safe, shared.queue.hand_over)
+                await self.hand_over(deployment_id, node_id, heirs[0])
+                await self.count_action("requeue")
             if not leftovers and await node_registry.dead_for_ms(self.redis, node_id) >= node_registry.REAP_GRACE_MS:
                 await node_registry.forget(self.redis, node_id)
                 await self.count_action("reap_node")
 
-    async def _move_list(self, source: str, destination: str) -> None:
-        while True:
-            item = await self.redis.lmove(source, destination, "LEFT", "RIGHT")
-            if item is None:
-                return
+    async def hand_over(
+        self, deployment_id: str, source_node: str, target_node: str, lanes: Sequence[str] = queue.LANES
+    ) -> int:
+        """Queued requests of one node go to another node's queues (``shared.queue.hand_over``)."""
+        return await queue.arun(self.redis, queue.hand_over(deployment_id, source_node, target_node, lanes))
 
 
 class PeriodicTask(Protocol):

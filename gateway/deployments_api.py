@@ -8,8 +8,7 @@ from gateway.app_keys import CONTROL, PRODUCER, REDIS
 from gateway.http import check_params, json_response, read_object
 from gateway.inference_api import check_deployment_change
 from gateway.start_params import EXTENSION_PARAMS, START_PARAMS, parse_start, parse_stop, parse_update
-from shared import keys
-from shared.cache import clear_cache
+from shared import queue
 from shared.errors import Conflict, deployment_not_found
 
 
@@ -64,5 +63,5 @@ async def clear_deployment_cache(request: web.Request) -> web.Response:
         raise Conflict(f"[{deployment_id}] is stopping or stopped due to [stop requested]")
     client = request.app[REDIS]
     for node in set(view.routes) | set(view.doc.get("targets", {})):
-        await clear_cache(client, keys.cache_prefix(deployment_id, node))
+        await queue.arun(client, queue.clear(deployment_id, node))
     return json_response(request, {"cleared": True})

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from shared import keys
-from shared.cache import meta_key
+from shared import keys, queue
 from shared.redis_budget import RedisCapacity, string_bytes
 from shared.redis_conn import text
 
@@ -52,10 +51,8 @@ async def caches_bytes(client: aioredis.Redis, placements: Iterable[tuple[str, s
     pairs = list(placements)
     if not pairs:
         return 0
-    async with client.pipeline(transaction=False) as pipe:
-        for deployment_id, node_id in pairs:
-            pipe.hget(meta_key(keys.cache_prefix(deployment_id, node_id)), "bytes")
-        return sum(int(float(v)) for v in await pipe.execute() if v is not None)
+    metas = await queue.arun(client, queue.cache_meta(pairs, ("bytes",)))
+    return sum(int(float(meta[0])) for meta in metas if meta[0] is not None)
 
 
 async def read_capacity(

@@ -14,10 +14,8 @@ from gateway.assignment import allocation_status, assignment_state
 from gateway.http import check_params, json_response, query_bool, query_int
 from gateway.planner import estimate_memory_bytes
 from gateway.stats import parse_counters, render_deployment_stats, render_inference_stats, render_node_stats
-from shared import keys, node_registry
-from shared.cache import meta_key
+from shared import node_registry, queue
 from shared.cluster_view import DeploymentView
-from shared.redis_conn import text
 
 _CACHE_FIELDS = ("bytes", "entries", "no_headroom")
 
@@ -37,28 +35,13 @@ async def _deployment_stats(client: aioredis.Redis, view: DeploymentView, now: i
     deployment_id = view.deployment_id
     nodes = sorted(set(view.routes) | {n for n, a in view.doc.get("targets", {}).items() if a > 0})
     infos = {n.node_id: n for n in await node_registry.live_nodes(client)}
-    async with client.pipeline(transaction=False) as pipe:
-        for node in nodes:
-            pipe.smembers(keys.dn_allocations(deployment_id, node))
-        allocations = await pipe.execute()
-    processing = {
-        node: [keys.processing(deployment_id, node, text(a)) for a in sorted(names)]
-        for node, names in zip(nodes, allocations, strict=True)
-    }
-    async with client.pipeline(transaction=False) as pipe:
-        for node in nodes:
-            pipe.hgetall(keys.stats(deployment_id, node))
-            pipe.hmget(meta_key(keys.cache_prefix(deployment_id, node)), *_CACHE_FIELDS)
-            pipe.llen(keys.queue(deployment_id, node))
-            pipe.llen(keys.bulk_queue(deployment_id, node))
-            for key in processing[node]:
-                pipe.llen(key)
-        replies = iter(await pipe.execute())
+    in_flight_by_node = await queue.arun(client, queue.in_flight(deployment_id, nodes))
+    samples = await queue.arun(client, queue.samples(deployment_id, nodes))
+    metas = await queue.arun(client, queue.cache_meta([(deployment_id, node) for node in nodes], _CACHE_FIELDS))
     rendered: list[dict[str, Any]] = []
     params = view.doc["task_parameters"]
-    for node in nodes:
-        raw, cache_meta, queued = next(replies), next(replies), int(next(replies)) + int(next(replies))
-        in_flight = sum(int(next(replies)) for _ in processing[node])
+    for node, cache_meta in zip(nodes, metas, strict=True):
+        raw, queued, in_flight = samples[node].stats, samples[node].queued, in_flight_by_node[node]
         route = view.routes.get(node)
         info = infos.get(node)
         rendered.append(

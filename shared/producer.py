@@ -13,18 +13,20 @@ and trimmed in the next round trip, once delivered: a reply read on a connection
 Hot path: ``DISPATCH`` calls go through ``ScriptPipeline``: calls made while a round trip is in
 flight leave together in the next one (EVALSHA, pipelined on one connection), so under load a
 document costs a fraction of a round trip, and never redis-py's per-pipeline ``SCRIPT EXISTS``.
-Calls are packed by hand; the constant parts are packed once: the start of the EVALSHA per
-(deployment, node), the message's shared fields and the digest's hashed prefix per plan
-(``_Plan``: the deployment's resolved config when a request has no ``inference_config``).
+Calls are packed by ``shared.queue`` (``dispatch_head``/``dispatch_argv``, derived from
+``DISPATCH``'s field lists); the constant parts are packed once: the start of the EVALSHA per
+(deployment, node, lane), the message's shared fields and the digest's hashed prefix per plan
+(``_Plan``: the deployment's resolved config when a request has no ``inference_config``). On a
+Redis Cluster each call goes on its own (the client routes it to its shard).
 
-Keys touched: the ``{dep|node}`` queue, stats and cache keys; ``inferq:replies:<id>``.
+Keys touched: through ``shared.queue`` only (the ``{dep|node}`` queue, stats and cache keys;
+the producer's reply list ``keys.gateway_replies``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import json
 import logging
@@ -38,12 +40,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
-from shared import keys, task_config
+from shared import keys, queue, task_config
 from shared.cache import DigestPrefix
 from shared.cluster_view import DeploymentView, ViewWatcher
 from shared.errors import Conflict, InferqError, NotFound, QueueFull, RequestTimeout
-from shared.queue import BULK, DISPATCH, DISPATCH_FULL, DISPATCH_HIT, INTERACTIVE, LANES
-from shared.redis_conn import as_bytes, async_client, exchange, exchange_connection, pack_args
+from shared.queue import DISPATCH, DISPATCH_FULL, DISPATCH_HIT, INTERACTIVE, LANES, Script
+from shared.redis_conn import as_bytes, async_client, exchange, exchange_connection
 from shared.routing import rank_nodes
 from shared.units import format_time_ms
 from shared.wire import InferReply, RequestTemplate, WireError
@@ -51,7 +53,6 @@ from shared.wire import InferReply, RequestTemplate, WireError
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_MS = 10_000.0
-REPLY_TTL_S = 120
 REPLY_READ_COUNT = 256  # replies read per round trip at most
 
 
@@ -67,7 +68,6 @@ class InferResult:
         return value
 
 
-DISPATCH_ARG_COUNT = 8  # ARGV of DISPATCH (shared/queue.py)
 _REQUEST_ID_BATCH = 512
 
 
@@ -90,17 +90,6 @@ def request_ids() -> Iterator[str]:
             yield f"{pool[start : start + 8]}{next(counter):x}"
 
 
-def pack_dispatch_args(
-    digest: str, policy: str, now: int, start_ms: int, capacity: int, payload: bytes, count_rejection: bool
-) -> bytes:
-    """``DISPATCH``'s arguments after the cache prefix, packed (``pack_args`` of the same values)."""
-    d, p = digest.encode(), policy.encode()
-    n, s, c = b"%d" % now, b"%d" % start_ms, b"%d" % capacity
-    return b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$1\r\n%b\r\n" % (
-        len(d), d, len(p), p, len(n), n, len(s), s, len(c), c, len(payload), payload, b"1" if count_rejection else b"0",
-    )  # fmt: skip
-
-
 @dataclass(frozen=True)
 class _Plan:
     """What every document of one request shares: the digest's hashed prefix (None: cache
@@ -116,27 +105,18 @@ class ScriptPipeline:
     ``submit`` queues a call and returns its future; one flusher task sends every queued call
     as EVALSHA, pipelined on a connection of its own (made with the client's settings), and
     whatever is submitted while that round trip is in flight leaves together in the next.
-    Calls are packed by hand (``shared.redis_conn.pack_command``): ``head`` packs the
-    constant start of a call once, ``submit_packed`` takes a whole packed call. The script is
+    ``submit_packed`` takes a whole packed call (``Script.head`` + its packer). The script is
     loaded on first NOSCRIPT (a new or restarted Redis) and only the calls refused that way
     are sent again, so none runs twice. A failed exchange fails every call of its batch.
     """
 
-    def __init__(self, client: aioredis.Redis, script: str) -> None:
+    def __init__(self, client: aioredis.Redis, script: Script) -> None:
         self.client = client
-        self.script = script
-        self.sha = hashlib.sha1(script.encode()).hexdigest()
+        self.script = script.source
+        self.sha = script.sha
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
-
-    def head(self, keys: Sequence[str], arg_count: int) -> bytes:
-        """The packed start of a call with these keys; ``arg_count`` arguments must follow
-        (``pack_args``) to make it whole."""
-        return b"*%d\r\n" % (3 + len(keys) + arg_count) + pack_args(("EVALSHA", self.sha, len(keys), *keys))
-
-    def submit(self, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
-        return self.submit_packed(self.head(keys, len(args)) + pack_args(args))
 
     def submit_packed(self, command: bytes) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -226,6 +206,7 @@ class Producer:
         self.cache_timeout_s = cache_timeout_s
         self.cache_affinity = cache_affinity
         self._dispatch = ScriptPipeline(client, DISPATCH)
+        self._cluster = queue.is_cluster(client)  # each call routed by the client to its shard
         self._request_ids = request_ids()
         self._default_plans: dict[tuple[str, str, str], _Plan] = {}
         self._heads: dict[tuple[str, str, str], bytes] = {}
@@ -450,27 +431,30 @@ class Producer:
         capacity = view.queue_capacity if queue_limit is None else max(0, min(queue_limit, view.queue_capacity))
         count_rejection = queue_limit is None
         policy = view.cache_policy
-        futures = []
+        futures: list[asyncio.Future[Any]] = []
         for i, node in zip(pending, nodes, strict=True):
             last = attempt == len(rankings[i]) - 1
-            command = self._head(view.deployment_id, node, lane) + pack_dispatch_args(
+            if self._cluster:
+                values = queue.dispatch_values(
+                    digests[i], policy, now, view.start_ms(node), capacity, payloads[i], last and count_rejection
+                )
+                call = DISPATCH.call(queue.dispatch_keys(view.deployment_id, node, lane), values)
+                futures.append(asyncio.ensure_future(queue.call_async(self.redis, call)))
+                continue
+            command = self._head(view.deployment_id, node, lane) + queue.dispatch_argv(
                 digests[i], policy, now, view.start_ms(node), capacity, payloads[i], last and count_rejection
             )
             futures.append(self._dispatch.submit_packed(command))
         return nodes, futures
 
     def _head(self, deployment_id: str, node: str, lane: str = INTERACTIVE) -> bytes:
-        """The packed start of ``DISPATCH`` on one (deployment, node, lane): its keys and cache
-        prefix. The lane is the queue ``DISPATCH`` pushes onto."""
+        """The packed start of ``DISPATCH`` on one (deployment, node, lane), made once."""
         key = (deployment_id, node, lane)
         head = self._heads.get(key)
         if head is None:
             if len(self._heads) >= 4096:
                 self._heads.clear()
-            queue_key = keys.bulk_queue(deployment_id, node) if lane == BULK else keys.queue(deployment_id, node)
-            head = self._heads[key] = self._dispatch.head(
-                (queue_key, keys.stats(deployment_id, node)), DISPATCH_ARG_COUNT
-            ) + pack_args((keys.cache_prefix(deployment_id, node),))
+            head = self._heads[key] = queue.dispatch_head(deployment_id, node, lane)
         return head
 
     async def _await_replies(
@@ -487,10 +471,7 @@ class Producer:
         done, not_done = await asyncio.wait(waiting.values(), timeout=remaining_s)
         if not_done:
             late_nodes = [placed_on[i] for i, f in waiting.items() if f in not_done]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for node in late_nodes:
-                    pipe.hincrby(keys.stats(view.deployment_id, node), "timeout_count", 1)
-                await pipe.execute()
+            await queue.arun(self.redis, queue.count_timeouts(view.deployment_id, late_nodes))
             raise RequestTimeout(f"timeout [{format_time_ms(timeout_ms)}] waiting for inference result")
         for i, future in waiting.items():
             reply = future.result()

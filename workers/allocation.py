@@ -32,17 +32,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 import torch
-from redis.exceptions import NoScriptError
 
-from shared import histograms, keys
+from shared import histograms, queue
 from shared.errors import InferenceFailed, InferqError
-from shared.queue import COMPLETE, REQUEUE, TAKE
+from shared.queue import Completion, TakeArgs
 from shared.redis_budget import CacheLimits
-from shared.redis_conn import as_bytes
 from shared.settings import WorkerSettings
 from shared.wire import InferReply, InferRequest, WireError
 from workers.batch_plan import ChunkLimits, Shape, TokenEstimate, plan_chunks, take_count
@@ -51,7 +48,6 @@ from workers.tasks import Prepared
 
 log = logging.getLogger(__name__)
 
-REPLY_TTL_S = 120
 POP_TIMEOUT_S = 0.5  # how long a pop blocks before the loop looks at stop/drain again (redis-py types it int)
 BULK_POLL_S = 0.01  # the wait while the bulk lane had work lately (its pushes wake no one)
 BULK_RECENT_S = 2.0  # how long after a bulk item the short wait lasts
@@ -142,60 +138,47 @@ class Allocation(threading.Thread):
         self.stop_requested = threading.Event()  # finish the current batch, then exit
         self.busy_since_s: float | None = None  # time.monotonic() when the batch being served was taken
         self.drain_requested = threading.Event()  # exit once the queue is empty
-        self.queue_key = keys.queue(context.deployment_id, context.node_id)
-        self.bulk_queue_key = keys.bulk_queue(context.deployment_id, context.node_id)
-        self.processing_key = keys.processing(context.deployment_id, context.node_id, f"a{index}")
-        self.stats_key = keys.stats(context.deployment_id, context.node_id)
-        self.cache_prefix = keys.cache_prefix(context.deployment_id, context.node_id)
+        self.allocation = f"a{index}"  # names its processing list (shared.keys.processing)
         tokenizer = getattr(model.task, "tokenizer", None)
         max_row = int(tokenizer.settings.max_sequence_length) if tokenizer is not None else 512
         self.estimate = TokenEstimate(max_row_tokens=max_row)  # refined from every batch served
 
-    def token_args(self) -> list[int | float]:
-        """``TAKE``'s token-budget arguments (none when the budget is off)."""
+    def take_args(self, n: int, peers: int, bulk_n: int, bulk_first: bool) -> TakeArgs:
+        """``TAKE``'s arguments, with the token budget when it is on."""
         budget = self.context.limits.max_take_tokens
         if budget <= 0:
-            return []
+            return TakeArgs(n, peers, bulk_n, bulk_first)
         estimate = self.estimate
-        return [budget, estimate.overhead_bytes, round(estimate.bytes_per_token, 3), estimate.max_row_tokens]
-
-    def _index(self, client: redis.Redis) -> None:
-        """Record the processing list where the control plane and a restarted node find it."""
-        deployment_id, node_id = self.context.deployment_id, self.context.node_id
-        pipe = client.pipeline(transaction=False)
-        pipe.sadd(keys.dn_allocations(deployment_id, node_id), f"a{self.index}")
-        pipe.sadd(keys.node_deployments(node_id), deployment_id)
-        pipe.sadd(keys.deployment_nodes(deployment_id), node_id)
-        pipe.execute()
+        return TakeArgs(n, peers, bulk_n, bulk_first, budget, estimate.overhead_bytes, estimate.bytes_per_token,
+                        estimate.max_row_tokens)  # fmt: skip
 
     def run(self) -> None:
         torch.set_num_threads(self.context.threads)
         client = self.connect()
-        take = client.register_script(TAKE)
-        complete = client.register_script(COMPLETE)
-        requeue = client.register_script(REQUEUE)
-        for script in (take, complete):  # loaded now, so the first batch needs no NOSCRIPT retry
-            try:
-                client.script_load(script.script)
-            except redis.RedisError as exc:
-                log.warning("allocation %s: could not load a script: %s", self.name, exc)
+        deployment_id, node_id = self.context.deployment_id, self.context.node_id
+        if not queue.is_cluster(client):  # loaded now, so the first batch needs no NOSCRIPT retry
+            for script in (queue.TAKE, queue.COMPLETE):
+                try:
+                    client.script_load(script.source)
+                except redis.RedisError as exc:
+                    log.warning("allocation %s: could not load a script: %s", self.name, exc)
         lanes = _LaneState()
         recovering = True  # first pass: put back whatever a previous failure left in our list
         try:
             while not self.stop_requested.is_set():
                 try:
                     if recovering:
-                        self._index(client)
-                        requeue(keys=[self.processing_key, self.queue_key])
+                        queue.run(client, queue.index_allocation(deployment_id, node_id, self.allocation))
+                        queue.run(client, queue.requeue(deployment_id, node_id, self.allocation))
                         recovering = False
-                    items = self._take(client, take, lanes)
+                    items = self._take(client, lanes)
                     if not items:
                         if self.drain_requested.is_set():
                             break
                         continue
                     self.busy_since_s = time.monotonic()
                     try:
-                        self.serve(client, complete, items)
+                        self.serve(client, items)
                     finally:
                         self.busy_since_s = None
                 except redis.RedisError as exc:
@@ -210,12 +193,11 @@ class Allocation(threading.Thread):
             client.close()
             self.on_exit(self)
 
-    def _take(self, client: redis.Redis, take: Any, lanes: _LaneState) -> list[bytes]:
+    def _take(self, client: redis.Redis, lanes: _LaneState) -> list[bytes]:
         """``TAKE`` the next batch: at once when the last take left work queued, else after
-        waiting (up to a pop timeout) for a request on the interactive queue: ``BLMOVE`` from
-        the queue onto itself only watches it (one round trip with the ``TAKE`` behind it).
-        Bulk pushes do not wake that wait, so while the bulk lane was busy lately the wait is
-        short (``BULK_POLL_S``)."""
+        waiting (up to a pop timeout) for a request on the interactive queue (``shared.queue.take``
+        watches it in the same round trip). Bulk pushes do not wake that wait, so while the bulk
+        lane was busy lately the wait is short (``BULK_POLL_S``)."""
         limits = self.context.limits
         now = time.monotonic()
         interactive_about = now < lanes.interactive_until
@@ -225,32 +207,21 @@ class Allocation(threading.Thread):
         reserved = limits.interactive_reserve and self.context.peers() > 1 and self.context.first_allocation() == self.index
         if reserved and interactive_about:
             bulk_n = 0
-        args = [limits.take, self.context.peers(), bulk_n, 1 if lanes.streak >= BULK_EVERY else 0, *self.token_args()]
-        take_keys = [self.queue_key, self.processing_key, self.bulk_queue_key]
-        if lanes.more:
-            result = take(keys=take_keys, args=args)
-        else:
+        args = self.take_args(limits.take, self.context.peers(), bulk_n, lanes.streak >= BULK_EVERY)
+        deployment_id, node_id = self.context.deployment_id, self.context.node_id
+        wait_s = 0.0
+        if not lanes.more:
             wait_s = BULK_POLL_S if now < lanes.bulk_until else POP_TIMEOUT_S
             if limits.batch_wait_ms > 0:
-                if client.blmove(self.queue_key, self.queue_key, wait_s, "RIGHT", "RIGHT") is not None:  # type: ignore[arg-type]
+                if queue.run(client, queue.watch(deployment_id, node_id, wait_s)):
                     time.sleep(limits.batch_wait_ms / 1000)
-                result = take(keys=take_keys, args=args)
-            else:
-                pipe = client.pipeline(transaction=False)
-                pipe.blmove(self.queue_key, self.queue_key, wait_s, "RIGHT", "RIGHT")  # type: ignore[arg-type]
-                pipe.evalsha(take.sha, len(take_keys), *take_keys, *args)
-                watched, result = pipe.execute(raise_on_error=False)
-                if isinstance(watched, Exception):
-                    raise watched
-                if isinstance(result, NoScriptError):  # a restarted Redis: load it, take again
-                    result = take(keys=take_keys, args=args)
-                elif isinstance(result, Exception):
-                    raise result
-        interactive, bulk = [as_bytes(i) for i in result[0]], [as_bytes(i) for i in result[1]]
-        lanes.observe(len(interactive), len(bulk), int(result[2]), 0 if bulk_n == 0 else int(result[3]), time.monotonic())
-        return interactive + bulk
+                wait_s = 0.0
+        taken = queue.run(client, queue.take(deployment_id, node_id, self.allocation, args, wait_s=wait_s))
+        bulk_left = 0 if bulk_n == 0 else taken.bulk_left
+        lanes.observe(len(taken.interactive), len(taken.bulk), taken.interactive_left, bulk_left, time.monotonic())
+        return taken.items
 
-    def serve(self, client: redis.Redis, complete: Any, items: Sequence[bytes]) -> None:
+    def serve(self, client: redis.Redis, items: Sequence[bytes]) -> None:
         now = now_ms()
         requests: list[InferRequest] = []
         sizes: dict[str, int] = {}
@@ -293,12 +264,9 @@ class Allocation(threading.Thread):
                 self._run_chunk(batch, now, outcome)
             if n < len(chunks) - 1 and outcome.replies:
                 # answer this pass now; the processing list stays until COMPLETE
-                pipe = client.pipeline(transaction=False)
-                self._push_replies(pipe, outcome.take_replies(), reply_to)
-                for result in pipe.execute(raise_on_error=False):
-                    if isinstance(result, Exception):
-                        log.warning("replying to a forward pass: %s", result)
-        self._complete(client, complete, outcome, reply_to)
+                for failed in queue.run(client, queue.reply(_addressed(outcome.take_replies(), reply_to))):
+                    log.warning("replying to a forward pass: %s", failed)
+        self._complete(client, outcome, reply_to)
 
     def _run_chunk(self, batch: Sequence[tuple[InferRequest, Prepared]], taken_ms: int, outcome: _BatchOutcome) -> None:
         node_id = self.context.node_id
@@ -325,44 +293,29 @@ class Allocation(threading.Thread):
             outcome.time_sum_ms += elapsed_ms
             outcome.ok += 1
 
-    @staticmethod
-    def _push_replies(pipe: Any, replies: Sequence[InferReply], reply_to: dict[str, str]) -> None:
-        """One RPUSH (and EXPIRE) per reply list."""
-        by_reply_list: dict[str, list[bytes]] = {}
-        for reply in replies:
-            by_reply_list.setdefault(reply_to[reply.id], []).append(reply.pack())
-        for key, packed in by_reply_list.items():
-            pipe.rpush(key, *packed)
-            pipe.expire(key, REPLY_TTL_S)
-
-    def _complete(self, client: redis.Redis, complete: Any, outcome: _BatchOutcome, reply_to: dict[str, str]) -> None:
-        """The last replies, then ``COMPLETE``, in one round trip (EVALSHA directly: a Script on
-        a pipeline would add a SCRIPT EXISTS round trip)."""
-        pipe = client.pipeline(transaction=False)
-        self._push_replies(pipe, outcome.take_replies(), reply_to)
+    def _complete(self, client: redis.Redis, outcome: _BatchOutcome, reply_to: dict[str, str]) -> None:
+        """The last replies, then ``COMPLETE`` (``shared.queue.finish``: replies first)."""
         cache = self.context.cache_limits()
-        complete_args = [
-            self.cache_prefix,
-            cache.budget_bytes,
-            self.context.cache_policy,
-            now_ms(),
-            self.context.start_ms,
-            outcome.ok,
-            outcome.time_sum_ms,
-            outcome.errors,
-            cache.memory_ceiling_bytes,
-            len(outcome.observations),
-            *(x for pair in outcome.observations.items() for x in pair),
-            *outcome.cache_pairs,
-        ]
-        pipe.evalsha(complete.sha, 2, self.stats_key, self.processing_key, *complete_args)
-        # replies first; a failing cache write or stats update must not fail the requests
-        outcomes = pipe.execute(raise_on_error=False)
-        if isinstance(outcomes[-1], NoScriptError):  # a restarted Redis: load it, complete again
-            outcomes[-1] = _attempt(lambda: complete(keys=[self.stats_key, self.processing_key], args=complete_args))
-        for result in outcomes:
-            if isinstance(result, Exception):
-                log.warning("completing a batch: %s", result)
+        completion = Completion(
+            budget_bytes=cache.budget_bytes,
+            policy=self.context.cache_policy,
+            now_ms=now_ms(),
+            start_ms=self.context.start_ms,
+            results=outcome.ok,
+            time_ms_sum=outcome.time_sum_ms,
+            errors=outcome.errors,
+            memory_ceiling_bytes=cache.memory_ceiling_bytes,
+            stats=outcome.observations,
+            cache_pairs=outcome.cache_pairs,
+        )
+        replies = _addressed(outcome.take_replies(), reply_to)
+        errors = queue.run(client, queue.finish(self.context.deployment_id, self.context.node_id, self.allocation, replies, completion))
+        for error in errors:  # a failing cache write or stats update must not fail the requests
+            log.warning("completing a batch: %s", error)
+
+
+def _addressed(replies: Sequence[InferReply], reply_to: dict[str, str]) -> list[tuple[str, bytes]]:
+    return [(reply_to[r.id], r.pack()) for r in replies]
 
 
 def redelivery_exhausted(deliveries: int, max_redeliveries: int) -> InferenceFailed:
@@ -397,11 +350,3 @@ class _BatchOutcome:
     def take_replies(self) -> list[InferReply]:
         replies, self.replies = self.replies, []
         return replies
-
-
-def _attempt(call: Callable[[], Any]) -> Any:
-    """The call's result, or the Redis error it raised (as a pipeline reports failures)."""
-    try:
-        return call()
-    except redis.RedisError as exc:
-        return exc

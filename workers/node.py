@@ -19,9 +19,8 @@ from typing import Any
 
 import redis
 
-from shared import keys, node_registry
+from shared import keys, node_registry, queue
 from shared.deployment_store import RouteStatus, SyncDeploymentStore
-from shared.queue import REQUEUE_COUNTED
 from shared.redis_budget import CacheLimits
 from shared.redis_config import warn_redis_config
 from shared.redis_conn import sync_client, text
@@ -239,15 +238,11 @@ class Node:
     def requeue_leftovers(self) -> None:
         """Put back what this node's allocations held when the process last died (each request
         counts one more delivery)."""
-        requeue = self.client.register_script(REQUEUE_COUNTED)
         for raw_deployment in self.client.smembers(keys.node_deployments(self.node_id)):
             deployment_id = text(raw_deployment)
-            queue_key = keys.queue(deployment_id, self.node_id)
-            for allocation in self.client.smembers(keys.dn_allocations(deployment_id, self.node_id)):
-                name = keys.processing(deployment_id, self.node_id, text(allocation))
-                moved = requeue(keys=[name, queue_key])
-                if moved:
-                    log.info("requeued %s items from %s", moved, name)
+            moved = queue.run(self.client, queue.recover(deployment_id, self.node_id))
+            if moved:
+                log.info("requeued %s items of %s", moved, deployment_id)
 
     def reconcile(self) -> None:
         docs = {d["deployment_id"]: d for d in self.store.all()}
@@ -287,10 +282,7 @@ class Node:
         heirs = sorted(n for n, a in doc.get("targets", {}).items() if a > 0 and n != self.node_id)
         if not heirs:
             return
-        for lane_key in (keys.queue, keys.bulk_queue):
-            source, destination = lane_key(deployment_id, self.node_id), lane_key(deployment_id, heirs[0])
-            while self.client.lmove(source, destination, "LEFT", "RIGHT") is not None:
-                pass
+        queue.run(self.client, queue.hand_over(deployment_id, self.node_id, heirs[0]))
 
     def busy_s(self) -> float:
         """The longest a deployment's queue here has gone untaken (every allocation busy)."""

@@ -3,14 +3,15 @@
 -- A fragment: `local function`s only, composed into scripts by shared.lua.compose("cache", ...,
 -- body=...). Every function name starts with `cache_`.
 --
--- Keys, all derived from `prefix` (shared.keys.cache_prefix: it carries the {dep|node} hash tag,
--- so every key of one cache lives in one cluster slot):
---   prefix..":e:"..digest  string  HEADER .. value
---   prefix..":idx"         zset    member HEADER .. digest; score = LFU count or LRU tick;
---                                  ZPOPMIN gives the next entry to evict
---   prefix..":meta"        hash    bytes, entries, hits, misses, evictions, stored,
---                                  rejected_too_large, no_headroom, last_evicted_count, tick,
---                                  headroom_bytes, headroom_ms (see Headroom)
+-- Keys (shared.keys.cache_index / cache_meta / cache_entries: one {dep|node} hash tag, so one
+-- cluster slot), passed in by the scripts that call these functions (every script declares every
+-- key it touches in KEYS; nothing here builds a key):
+--   entries  hash    digest -> HEADER .. value
+--   idx      zset    member HEADER .. digest; score = LFU count or LRU tick;
+--                    ZPOPMIN gives the next entry to evict
+--   meta     hash    bytes, entries, hits, misses, evictions, stored,
+--                    rejected_too_large, no_headroom, last_evicted_count, tick,
+--                    headroom_bytes, headroom_ms (see Headroom)
 --
 -- HEADER (26 bytes, fixed width, decimal) = 10 digits of (9999999999 - footprint_bytes)
 -- followed by 16 digits of the insert tick. Within one score the zset orders members
@@ -22,17 +23,17 @@
 -- Tick: max(now_ms * 1000, last tick + 1), kept in meta.tick: strictly increasing per cache and
 -- close to wall-clock microseconds. The LRU score is the tick of the last access.
 --
--- Footprint of an entry (what meta.bytes counts; see cache_entry_footprint): entry key bytes +
--- the stored string's buffer (SDS header + 26-byte header + value + NUL, rounded up to jemalloc's
--- size class, as MEMORY USAGE reports it) + zset member bytes + 8 (the score) +
+-- Footprint of an entry (what meta.bytes counts; see cache_entry_footprint): the field's buffer
+-- (the digest) + the value's buffer (SDS header + 26-byte header + value + NUL, each rounded up to
+-- jemalloc's size class, as MEMORY USAGE reports it) + zset member bytes + 8 (the score) +
 -- cache_overhead_bytes(), a constant for what Redis adds per entry and that does not grow with
--- the value (robj, main-dict and zset-dict entries and buckets, skiplist node, the key's and the
--- member's SDS headers and rounding). It was calibrated against redis-server 7.0.15 (jemalloc 5.3)
--- by filling caches of 200, 1000 and 3000 entries with values of 1-40 B up to 20-60 KB and
--- solving for the constant that makes meta.bytes equal sum(MEMORY USAGE key SAMPLES 0) over every
--- key of the cache: 128-149 across those runs (errors under 1.5%); `python -m benchmarks.cache_policy --calibrate`
--- repeats it. Up to 128 members Redis keeps the index as a listpack, about 77 bytes a member
--- cheaper than the skiplist assumed here: small caches are over-counted (never under).
+-- the value (the entries hash's dict entry and bucket, the zset's dict entry, bucket and skiplist
+-- node, the member's SDS header and rounding). It was calibrated against redis-server 7.0.15
+-- (jemalloc 5.3) by filling caches with values of 1-40 B up to 20-60 KB and solving for the
+-- constant that makes meta.bytes equal sum(MEMORY USAGE key SAMPLES 0) over the cache's three
+-- keys; `python -m benchmarks.cache_policy --calibrate` repeats it. Small hashes and zsets
+-- (up to 128 entries, short values) are listpacks, cheaper than assumed here: small caches are
+-- over-counted (never under).
 --
 -- Headroom (docs/operations-redis-memory.md): an insert that would grow the cache (it is under
 -- its budget, so nothing is evicted to make room) first checks that Redis's used_memory plus
@@ -90,9 +91,9 @@ local function cache_sds_bytes(n)
   return cache_alloc_bytes(sds_header + n + 1)
 end
 
-local function cache_entry_footprint(entry_key_bytes, value_bytes, digest_bytes)
+local function cache_entry_footprint(value_bytes, digest_bytes)
   local header = cache_header_bytes()
-  return entry_key_bytes + cache_sds_bytes(header + value_bytes) + header + digest_bytes + 8
+  return cache_sds_bytes(digest_bytes) + cache_sds_bytes(header + value_bytes) + header + digest_bytes + 8
     + cache_overhead_bytes()
 end
 
@@ -121,8 +122,7 @@ end
 -- Pop the lowest-scored entries while used_bytes > target_bytes; the caller updates meta.
 -- Returns the bytes still used, the number evicted, the last evicted score (nil if none) and
 -- whether the index ran dry (then nothing is accounted any more: counters had drifted).
-local function cache_evict_until(prefix, used_bytes, target_bytes)
-  local idx = prefix .. ":idx"
+local function cache_evict_until(idx, entries, used_bytes, target_bytes)
   local evicted = 0
   local last_score = nil
   while used_bytes > target_bytes do
@@ -130,7 +130,7 @@ local function cache_evict_until(prefix, used_bytes, target_bytes)
     if popped[1] == nil then
       return 0, evicted, last_score, true
     end
-    redis.call("DEL", prefix .. ":e:" .. cache_member_digest(popped[1]))
+    redis.call("HDEL", entries, cache_member_digest(popped[1]))
     used_bytes = math.max(used_bytes - cache_member_footprint(popped[1]), 0)
     evicted = evicted + 1
     last_score = popped[2]
@@ -140,12 +140,9 @@ end
 
 -- The stored value on a hit (and the entry's bookkeeping is touched), false on a miss.
 -- now_ms: the caller's clock in milliseconds (it drives the LRU ticks).
-local function cache_get(prefix, digest, policy, now_ms)
-  local meta = prefix .. ":meta"
-  local entry = prefix .. ":e:" .. digest
-  local stored = redis.call("GET", entry)
+local function cache_get(idx, meta, entries, digest, policy, now_ms)
+  local stored = redis.call("HGET", entries, digest)
   if stored then
-    local idx = prefix .. ":idx"
     local member = string.sub(stored, 1, cache_header_bytes()) .. digest
     local indexed
     if policy == "lru" then
@@ -157,8 +154,8 @@ local function cache_get(prefix, digest, policy, now_ms)
       redis.call("HINCRBY", meta, "hits", 1)
       return string.sub(stored, cache_header_bytes() + 1)
     end
-    -- an entry nobody accounts for (left by a non-atomic sweep): drop it
-    redis.call("DEL", entry)
+    -- an entry nobody accounts for (counters that drifted): drop it
+    redis.call("HDEL", entries, digest)
   end
   redis.call("HINCRBY", meta, "misses", 1)
   return false
@@ -210,10 +207,8 @@ end
 -- while Redis has headroom (see the top of this file; headroom from cache_headroom, saved with
 -- cache_save_headroom after the script's inserts).
 -- 1 if the value is in the cache afterwards (stored now or already there), 0 if refused.
-local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms, headroom)
-  local meta = prefix .. ":meta"
-  local entry = prefix .. ":e:" .. digest
-  local footprint = cache_entry_footprint(#entry, #value, #digest)
+local function cache_put(idx, meta, entries, digest, value, budget_bytes, policy, now_ms, headroom)
+  local footprint = cache_entry_footprint(#value, #digest)
   if budget_bytes <= 0 then
     return 0
   end
@@ -221,7 +216,7 @@ local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms, he
     redis.call("HINCRBY", meta, "rejected_too_large", 1)
     return 0
   end
-  if redis.call("EXISTS", entry) == 1 then
+  if redis.call("HEXISTS", entries, digest) == 1 then
     return 1
   end
   local m = redis.call("HMGET", meta, "bytes", "entries", "evictions", "stored", "tick", "last_evicted_count")
@@ -238,7 +233,7 @@ local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms, he
     end
     limit = used_before
   end
-  local used, evicted, last_score, drained = cache_evict_until(prefix, used_before, limit - footprint)
+  local used, evicted, last_score, drained = cache_evict_until(idx, entries, used_before, limit - footprint)
   if drained then
     entries = 0
   else
@@ -254,8 +249,8 @@ local function cache_put(prefix, digest, value, budget_bytes, policy, now_ms, he
     score = last_evicted_count + 1
   end
   local header = cache_header(footprint, tick)
-  redis.call("SET", entry, header .. value)
-  redis.call("ZADD", prefix .. ":idx", cache_num(score), header .. digest)
+  redis.call("HSET", entries, digest, header .. value)
+  redis.call("ZADD", idx, cache_num(score), header .. digest)
   redis.call("HSET", meta,
     "bytes", cache_num(used + footprint),
     "entries", cache_num(entries + 1),
@@ -268,14 +263,12 @@ end
 
 -- Evict at most max_evictions entries while the cache holds more than budget_bytes (a budget
 -- the planner lowered: caches settle within it a few entries per call, never in one long script).
-local function cache_trim(prefix, budget_bytes, max_evictions)
-  local meta = prefix .. ":meta"
+local function cache_trim(idx, meta, entries, budget_bytes, max_evictions)
   local m = redis.call("HMGET", meta, "bytes", "entries", "evictions")
   local used = tonumber(m[1]) or 0
   if used <= budget_bytes then
     return 0
   end
-  local idx = prefix .. ":idx"
   local evicted = 0
   while used > budget_bytes and evicted < max_evictions do
     local popped = redis.call("ZPOPMIN", idx)
@@ -283,7 +276,7 @@ local function cache_trim(prefix, budget_bytes, max_evictions)
       used = 0
       break
     end
-    redis.call("DEL", prefix .. ":e:" .. cache_member_digest(popped[1]))
+    redis.call("HDEL", entries, cache_member_digest(popped[1]))
     used = math.max(used - cache_member_footprint(popped[1]), 0)
     evicted = evicted + 1
   end
@@ -294,48 +287,18 @@ local function cache_trim(prefix, budget_bytes, max_evictions)
   return evicted
 end
 
--- Delete every indexed entry, the index and the meta hash (counters included), atomically.
--- Returns the number of entries dropped.
-local function cache_clear(prefix)
-  local idx = prefix .. ":idx"
-  local members = redis.call("ZRANGE", idx, 0, -1)
-  for i = 1, #members do
-    redis.call("DEL", prefix .. ":e:" .. cache_member_digest(members[i]))
-  end
-  redis.call("DEL", idx, prefix .. ":meta")
-  return #members
-end
-
--- Delete those of `keys` (found by SCAN under prefix..":") that no atomic script accounts for:
--- entries without their index member and unknown keys. The index and meta keys are kept, so a
--- sweep is safe while clients keep reading and writing. Returns the number deleted.
-local function cache_sweep(prefix, keys)
-  local idx = prefix .. ":idx"
-  local entry_prefix = prefix .. ":e:"
-  local deleted = 0
-  for i = 1, #keys do
-    local key = keys[i]
-    if key ~= idx and key ~= prefix .. ":meta" then
-      local orphan = true
-      if string.sub(key, 1, #entry_prefix) == entry_prefix then
-        local header = redis.pcall("GETRANGE", key, 0, cache_header_bytes() - 1)
-        if type(header) == "string" and #header == cache_header_bytes() then
-          orphan = redis.call("ZSCORE", idx, header .. string.sub(key, #entry_prefix + 1)) == false
-        end
-      end
-      if orphan then
-        deleted = deleted + redis.call("DEL", key)
-      end
-    end
-  end
-  return deleted
+-- Drop every entry, the index and the meta hash (counters included), atomically: three keys,
+-- freed off the main thread (UNLINK). Returns the number of entries dropped.
+local function cache_clear(idx, meta, entries)
+  local count = redis.call("ZCARD", idx)
+  redis.call("UNLINK", idx, meta, entries)
+  return count
 end
 
 -- {meta.bytes, sum of the footprints recorded in the index, meta.entries, ZCARD index}.
 -- O(entries): for tests and diagnostics, not for the request path.
-local function cache_audit(prefix)
-  local meta = prefix .. ":meta"
-  local members = redis.call("ZRANGE", prefix .. ":idx", 0, -1)
+local function cache_audit(idx, meta)
+  local members = redis.call("ZRANGE", idx, 0, -1)
   local recorded = 0
   for i = 1, #members do
     recorded = recorded + cache_member_footprint(members[i])
