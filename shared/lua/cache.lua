@@ -31,7 +31,8 @@
 -- node, the member's SDS header and rounding). It was calibrated against redis-server 7.0.15
 -- (jemalloc 5.3) by filling caches with values of 1-40 B up to 20-60 KB and solving for the
 -- constant that makes meta.bytes equal sum(MEMORY USAGE key SAMPLES 0) over the cache's three
--- keys; `python -m benchmarks.cache_policy --calibrate` repeats it. Small hashes and zsets
+-- keys: 117-137 across caches of 200-3000 entries (errors under 2%); `python -m
+-- benchmarks.cache_policy --calibrate` repeats it. Small hashes and zsets
 -- (up to 128 entries, short values) are listpacks, cheaper than assumed here: small caches are
 -- over-counted (never under).
 --
@@ -122,7 +123,7 @@ end
 -- Pop the lowest-scored entries while used_bytes > target_bytes; the caller updates meta.
 -- Returns the bytes still used, the number evicted, the last evicted score (nil if none) and
 -- whether the index ran dry (then nothing is accounted any more: counters had drifted).
-local function cache_evict_until(idx, entries, used_bytes, target_bytes)
+local function cache_evict_until(idx, entries_key, used_bytes, target_bytes)
   local evicted = 0
   local last_score = nil
   while used_bytes > target_bytes do
@@ -130,7 +131,7 @@ local function cache_evict_until(idx, entries, used_bytes, target_bytes)
     if popped[1] == nil then
       return 0, evicted, last_score, true
     end
-    redis.call("HDEL", entries, cache_member_digest(popped[1]))
+    redis.call("HDEL", entries_key, cache_member_digest(popped[1]))
     used_bytes = math.max(used_bytes - cache_member_footprint(popped[1]), 0)
     evicted = evicted + 1
     last_score = popped[2]
@@ -140,8 +141,8 @@ end
 
 -- The stored value on a hit (and the entry's bookkeeping is touched), false on a miss.
 -- now_ms: the caller's clock in milliseconds (it drives the LRU ticks).
-local function cache_get(idx, meta, entries, digest, policy, now_ms)
-  local stored = redis.call("HGET", entries, digest)
+local function cache_get(idx, meta, entries_key, digest, policy, now_ms)
+  local stored = redis.call("HGET", entries_key, digest)
   if stored then
     local member = string.sub(stored, 1, cache_header_bytes()) .. digest
     local indexed
@@ -155,7 +156,7 @@ local function cache_get(idx, meta, entries, digest, policy, now_ms)
       return string.sub(stored, cache_header_bytes() + 1)
     end
     -- an entry nobody accounts for (counters that drifted): drop it
-    redis.call("HDEL", entries, digest)
+    redis.call("HDEL", entries_key, digest)
   end
   redis.call("HINCRBY", meta, "misses", 1)
   return false
@@ -207,7 +208,7 @@ end
 -- while Redis has headroom (see the top of this file; headroom from cache_headroom, saved with
 -- cache_save_headroom after the script's inserts).
 -- 1 if the value is in the cache afterwards (stored now or already there), 0 if refused.
-local function cache_put(idx, meta, entries, digest, value, budget_bytes, policy, now_ms, headroom)
+local function cache_put(idx, meta, entries_key, digest, value, budget_bytes, policy, now_ms, headroom)
   local footprint = cache_entry_footprint(#value, #digest)
   if budget_bytes <= 0 then
     return 0
@@ -216,7 +217,7 @@ local function cache_put(idx, meta, entries, digest, value, budget_bytes, policy
     redis.call("HINCRBY", meta, "rejected_too_large", 1)
     return 0
   end
-  if redis.call("HEXISTS", entries, digest) == 1 then
+  if redis.call("HEXISTS", entries_key, digest) == 1 then
     return 1
   end
   local m = redis.call("HMGET", meta, "bytes", "entries", "evictions", "stored", "tick", "last_evicted_count")
@@ -233,7 +234,7 @@ local function cache_put(idx, meta, entries, digest, value, budget_bytes, policy
     end
     limit = used_before
   end
-  local used, evicted, last_score, drained = cache_evict_until(idx, entries, used_before, limit - footprint)
+  local used, evicted, last_score, drained = cache_evict_until(idx, entries_key, used_before, limit - footprint)
   if drained then
     entries = 0
   else
@@ -249,7 +250,7 @@ local function cache_put(idx, meta, entries, digest, value, budget_bytes, policy
     score = last_evicted_count + 1
   end
   local header = cache_header(footprint, tick)
-  redis.call("HSET", entries, digest, header .. value)
+  redis.call("HSET", entries_key, digest, header .. value)
   redis.call("ZADD", idx, cache_num(score), header .. digest)
   redis.call("HSET", meta,
     "bytes", cache_num(used + footprint),
@@ -263,7 +264,7 @@ end
 
 -- Evict at most max_evictions entries while the cache holds more than budget_bytes (a budget
 -- the planner lowered: caches settle within it a few entries per call, never in one long script).
-local function cache_trim(idx, meta, entries, budget_bytes, max_evictions)
+local function cache_trim(idx, meta, entries_key, budget_bytes, max_evictions)
   local m = redis.call("HMGET", meta, "bytes", "entries", "evictions")
   local used = tonumber(m[1]) or 0
   if used <= budget_bytes then
@@ -276,7 +277,7 @@ local function cache_trim(idx, meta, entries, budget_bytes, max_evictions)
       used = 0
       break
     end
-    redis.call("HDEL", entries, cache_member_digest(popped[1]))
+    redis.call("HDEL", entries_key, cache_member_digest(popped[1]))
     used = math.max(used - cache_member_footprint(popped[1]), 0)
     evicted = evicted + 1
   end
@@ -289,9 +290,9 @@ end
 
 -- Drop every entry, the index and the meta hash (counters included), atomically: three keys,
 -- freed off the main thread (UNLINK). Returns the number of entries dropped.
-local function cache_clear(idx, meta, entries)
+local function cache_clear(idx, meta, entries_key)
   local count = redis.call("ZCARD", idx)
-  redis.call("UNLINK", idx, meta, entries)
+  redis.call("UNLINK", idx, meta, entries_key)
   return count
 end
 

@@ -1,5 +1,6 @@
 """Small pieces of the result cache, over fakeredis (with Lua): the fragment's helpers, the
-Space-Saving and tie-break rules, the null object, the degradation path."""
+Space-Saving and tie-break rules, clearing; reached through the real scripts (``DISPATCH``
+reads, ``COMPLETE`` writes: ``tests/cache_driver.py``)."""
 
 from __future__ import annotations
 
@@ -11,27 +12,13 @@ import fakeredis
 import fakeredis.aioredis
 import pytest
 
-from shared import keys
-from shared.cache import (
-    CacheFootprint,
-    CacheStats,
-    NullCache,
-    ResultCache,
-    SyncNullCache,
-    SyncResultCache,
-    cache_digest,
-    cache_scripts,
-    clear_cache_sync,
-    entry_key,
-    index_key,
-    make_cache,
-    make_sync_cache,
-    meta_key,
-    scan_pattern,
-)
+from shared import keys, queue
+from shared.cache import CacheStats, cache_digest
 from shared.lua import compose, fragment
+from tests.cache_driver import AsyncCache, SyncCache
 
-PREFIX = keys.cache_prefix("dep", "node")
+DEP, NODE = "dep", "node"
+INDEX, META, ENTRIES = keys.cache_index(DEP, NODE), keys.cache_meta(DEP, NODE), keys.cache_entries(DEP, NODE)
 
 
 @pytest.fixture
@@ -46,12 +33,12 @@ def lua(client: fakeredis.FakeRedis, body: str, *args: Any) -> Any:
 
 
 def footprint_of(client: fakeredis.FakeRedis, digest: str, value_bytes: int) -> int:
-    body = "return cache_entry_footprint(#(ARGV[1] .. ':e:' .. ARGV[2]), tonumber(ARGV[3]), #ARGV[2])"
-    return int(lua(client, body, PREFIX, digest, value_bytes))
+    body = "return cache_entry_footprint(tonumber(ARGV[2]), #ARGV[1])"
+    return int(lua(client, body, digest, value_bytes))
 
 
 def score(client: fakeredis.FakeRedis, digest: str) -> float | None:
-    members: list[tuple[bytes, float]] = client.zrange(index_key(PREFIX), 0, -1, withscores=True)  # type: ignore[assignment]
+    members: list[tuple[bytes, float]] = client.zrange(INDEX, 0, -1, withscores=True)  # type: ignore[assignment]
     for member, value in members:
         if member.decode().endswith(digest):
             return float(value)
@@ -118,24 +105,24 @@ def test_header_records_footprint_and_sorts_largest_first(fake: fakeredis.FakeRe
     assert sorted([small, big, older_big]) == [older_big, big, small]
 
 
-def test_footprint_grows_with_key_and_value(fake: fakeredis.FakeRedis) -> None:
+def test_footprint_grows_with_digest_and_value(fake: fakeredis.FakeRedis) -> None:
     base = footprint_of(fake, "a" * 32, 1000)
     assert footprint_of(fake, "a" * 32, 2000) > base
     assert footprint_of(fake, "a" * 40, 1000) > base
-    assert base > 1000 + len(entry_key(PREFIX, "a" * 32))
+    assert base > 1000 + 2 * 32
 
 
 def test_tick_is_strictly_increasing_when_the_clock_goes_back(fake: fakeredis.FakeRedis) -> None:
     body = "return cache_num(cache_tick(ARGV[1], tonumber(ARGV[2])))"
-    ticks = [int(lua(fake, body, meta_key(PREFIX), now_ms)) for now_ms in (5_000, 5_000, 4_000, 6_000)]
+    ticks = [int(lua(fake, body, META, now_ms)) for now_ms in (5_000, 5_000, 4_000, 6_000)]
     assert ticks == [5_000_000, 5_000_001, 5_000_002, 6_000_000]
 
 
 # ---- policies over fakeredis -----------------------------------------------------------------
 
 
-def sync_cache(client: fakeredis.FakeRedis, budget_bytes: int, policy: str = "lfu") -> SyncResultCache:
-    return SyncResultCache(client, PREFIX, budget_bytes=budget_bytes, policy=policy)  # type: ignore[arg-type]
+def sync_cache(client: fakeredis.FakeRedis, budget_bytes: int, policy: str = "lfu") -> SyncCache:
+    return SyncCache(client, DEP, NODE, budget_bytes=budget_bytes, policy=policy)
 
 
 def test_put_accounts_the_entry_footprint(fake: fakeredis.FakeRedis) -> None:
@@ -193,17 +180,12 @@ def test_entry_larger_than_the_budget_is_refused_without_evicting(fake: fakeredi
     assert (stats.entries, stats.rejected_too_large, stats.evictions) == (1, 1, 0)
 
 
-def test_an_unaccounted_entry_is_a_miss_and_is_dropped_then_swept(fake: fakeredis.FakeRedis) -> None:
+def test_an_unaccounted_entry_is_a_miss_and_is_dropped(fake: fakeredis.FakeRedis) -> None:
     cache = sync_cache(fake, 100_000)
     assert cache.put("kept", b"k" * 10)
-    fake.set(entry_key(PREFIX, "orphan1"), b"0" * 26 + b"value")
-    fake.set(entry_key(PREFIX, "orphan2"), b"0" * 26 + b"value")
-    fake.set(f"{PREFIX}:unknown", b"x")
+    fake.hset(ENTRIES, "orphan1", b"0" * 26 + b"value")
     assert cache.get("orphan1") is None
-    assert not fake.exists(entry_key(PREFIX, "orphan1"))
-    keys_found = [k.decode() for k in fake.scan_iter(match=scan_pattern(PREFIX))]
-    swept = fake.eval(cache_scripts().sweep.source, len(keys_found), *keys_found, PREFIX)
-    assert swept == 2
+    assert not fake.hexists(ENTRIES, "orphan1")
     assert cache.get("kept") == b"k" * 10
 
 
@@ -211,43 +193,24 @@ def test_clear_removes_every_key_and_the_counters(fake: fakeredis.FakeRedis) -> 
     cache = sync_cache(fake, 100_000)
     for i in range(5):
         assert cache.put(f"d{i}", b"v" * 100)
-    fake.set(f"{PREFIX}:stray", b"x")
+    fake.set(keys.stats(DEP, NODE), b"x")
     fake.set("other:key", b"x")
     assert cache.clear() == 5
-    assert sorted(fake.keys("*")) == [f"{PREFIX}:stray".encode(), b"other:key"]  # found by index, never by SCAN
+    assert sorted(fake.keys("*")) == sorted([keys.stats(DEP, NODE).encode(), b"other:key"])
     assert cache.stats() == CacheStats(budget_bytes=100_000)
-    assert clear_cache_sync(fake, PREFIX) == 0
+    assert cache.clear() == 0
 
 
-def test_scan_pattern_escapes_glob_characters() -> None:
-    assert scan_pattern("a*b?[c]") == "a\\*b\\?\\[c\\]:*"
-    assert scan_pattern(PREFIX) == PREFIX + ":*"
-
-
-# ---- null object, factory, validation, degradation --------------------------------------------
-
-
-async def test_null_cache_stores_nothing() -> None:
-    cache = make_cache(fakeredis.aioredis.FakeRedis(), PREFIX, budget_bytes=0)
-    assert isinstance(cache, NullCache)
-    assert not await cache.put("d", b"v")
-    assert await cache.get("d") is None
-    assert await cache.clear() == 0
-    assert await cache.stats() == CacheStats()
-    assert await cache.footprint() == CacheFootprint()
-
-
-def test_sync_null_cache_stores_nothing(fake: fakeredis.FakeRedis) -> None:
-    cache = make_sync_cache(fake, PREFIX, budget_bytes=0)
-    assert isinstance(cache, SyncNullCache)
-    assert not cache.put("d", b"v") and cache.get("d") is None
-    assert fake.keys("*") == []
+def test_a_lookup_misses_without_queueing(fake: fakeredis.FakeRedis) -> None:
+    cache = sync_cache(fake, 10_000)
+    assert cache.get("absent") is None
+    assert fake.llen(keys.queue(DEP, NODE)) == 0
+    assert cache.stats().misses == 1
 
 
 async def test_async_cache_over_fakeredis() -> None:
     client = fakeredis.aioredis.FakeRedis()
-    cache = make_cache(client, PREFIX, budget_bytes=10_000, policy="lru")
-    assert isinstance(cache, ResultCache)
+    cache = AsyncCache(client, DEP, NODE, budget_bytes=10_000, policy="lru")
     assert await cache.put("d", b"value")
     assert await cache.get("d") == b"value"
     assert (await cache.stats()).entries == 1
@@ -255,34 +218,11 @@ async def test_async_cache_over_fakeredis() -> None:
     await client.aclose()
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [({"budget_bytes": -1}, "budget_bytes"), ({"budget_bytes": 10, "policy": "fifo"}, "policy")],
-)
-def test_bad_arguments_are_refused(fake: fakeredis.FakeRedis, kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        make_sync_cache(fake, PREFIX, **kwargs)
-
-
-def test_decoding_clients_are_refused() -> None:
-    client = fakeredis.FakeRedis(decode_responses=True)
-    with pytest.raises(ValueError, match="decode_responses"):
-        make_sync_cache(client, PREFIX, budget_bytes=10)
-    client.close()
-
-
-def test_failures_are_misses_and_then_skipped() -> None:
-    server = fakeredis.FakeServer()
-    client = fakeredis.FakeRedis(server=server)
-    cache = SyncResultCache(client, PREFIX, budget_bytes=10_000, retry_after_s=60)
-    server.connected = False
-    assert cache.get("d") is None
-    assert cache.put("d", b"v") is False
-    assert cache.get("d") is None
-    server.connected = True
-    stats = cache.stats()
-    assert (stats.errors, stats.skipped, stats.entries) == (1, 2, 0)
-    client.close()
+def test_budget_zero_trims_instead_of_storing(fake: fakeredis.FakeRedis) -> None:
+    assert sync_cache(fake, 100_000).put("d", b"v" * 100)
+    zero = sync_cache(fake, 0)
+    assert not zero.put("e", b"v" * 100)
+    assert zero.stats().entries == 0 and not fake.exists(ENTRIES)
 
 
 def test_script_missing_from_the_server_is_loaded_again(fake: fakeredis.FakeRedis) -> None:
@@ -290,3 +230,10 @@ def test_script_missing_from_the_server_is_loaded_again(fake: fakeredis.FakeRedi
     assert cache.put("d", b"v")
     fake.script_flush()
     assert cache.get("d") == b"v"
+
+
+def test_digest_of_the_same_text_hits(fake: fakeredis.FakeRedis) -> None:
+    cache = sync_cache(fake, 10_000)
+    assert cache.put(cache_digest("m", "t"), b"r")
+    assert cache.get(cache_digest("m", "t")) == b"r" and cache.get(cache_digest("m", "u")) is None
+    assert queue.run(fake, queue.audit(DEP, NODE))[2] == 1
