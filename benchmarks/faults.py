@@ -31,6 +31,7 @@ from typing import Any
 
 import redis
 
+from shared import keys
 from tests.cluster import LocalCluster, local_cluster, start, upload
 from tests.faults.harness import Answer, Load, longest_gap_s, redis_process, serving_nodes, wait_until
 from tests.faults.test_huge_text import HUGE_TEXTS, huge_infer
@@ -86,7 +87,7 @@ def redis_restart(model: Any, *, aof: bool, sig: int) -> dict[str, Any]:
                 result["first_answer_s"] = round(min(a.done_s for a in load.answers if a.ok and a.sent_s > began) - began, 3)
             else:
                 def registered() -> bool:
-                    return all(client.exists(f"inferq:node:{n}:alive") and client.sismember("inferq:nodes", n)
+                    return all(client.exists(keys.node_heartbeat(n)) and client.sismember(keys.NODES, n)
                                for n in NODES)  # fmt: skip
 
                 result["all_nodes_registered_s"] = round(back_s + wait_until(registered, 60, "registered"), 3)

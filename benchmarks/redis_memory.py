@@ -29,6 +29,7 @@ import aiohttp
 import redis
 
 from benchmarks.common import make_texts
+from shared import keys
 from tests.cluster import local_cluster, start
 from tests.redis_server import redis_server_process
 
@@ -153,7 +154,7 @@ def main() -> None:
         statuses, samples, elapsed_s = asyncio.run(drive(cluster.url, texts, args.concurrency))
         time.sleep(1.0)
         after = redis_report(client)
-        alive = bool(client.exists("inferq:node:node-1:alive")) and cluster.nodes["node-1"].poll() is None
+        alive = bool(client.exists(keys.node_heartbeat("node-1"))) and cluster.nodes["node-1"].poll() is None
         probe_status, _ = cluster.call("POST", f"/_ml/trained_models/{MODEL_ID}/_infer",
                                        {"docs": [{"text_field": "one more, after the run"}]}, timeout_s=30)
         _, stats = cluster.call("GET", f"/_ml/trained_models/{MODEL_ID}/_stats")

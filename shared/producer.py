@@ -45,7 +45,7 @@ from shared.cache import DigestPrefix
 from shared.cluster_view import DeploymentView, ViewWatcher
 from shared.errors import Conflict, InferqError, NotFound, QueueFull, RequestTimeout
 from shared.queue import DISPATCH, DISPATCH_FULL, DISPATCH_HIT, INTERACTIVE, LANES, Script
-from shared.redis_conn import as_bytes, async_client, exchange, exchange_connection
+from shared.redis_conn import as_bytes, async_client, exchange, exchange_connection, pack_args
 from shared.routing import rank_nodes
 from shared.units import format_time_ms
 from shared.wire import InferReply, RequestTemplate, WireError
@@ -112,11 +112,17 @@ class ScriptPipeline:
 
     def __init__(self, client: aioredis.Redis, script: Script) -> None:
         self.client = client
+        self.spec = script
         self.script = script.source
         self.sha = script.sha
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
+
+    def submit(self, key_values: Sequence[str], arg_values: Sequence[Any]) -> asyncio.Future[Any]:
+        """A call by its values in field order (``Script.call`` checks them), packed here."""
+        call = self.spec.call(key_values, arg_values)
+        return self.submit_packed(self.spec.head(call.keys) + pack_args(call.args))
 
     def submit_packed(self, command: bytes) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

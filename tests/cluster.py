@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from shared import keys
 from tests.redis_server import free_port
 
 _DATABASES = itertools.cycle(range(1, 16))
@@ -55,7 +56,7 @@ class LocalCluster:
         )
         client = redis.Redis.from_url(self.redis_url)
         deadline = time.monotonic() + 90  # importing torch on a loaded 2-core machine can take a while
-        while not client.exists(f"inferq:node:{node_id}:alive"):
+        while not client.exists(keys.node_heartbeat(node_id)):
             if time.monotonic() > deadline or self.nodes[node_id].poll() is not None:
                 raise RuntimeError(f"worker {node_id} did not register")
             time.sleep(0.05)

@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from shared import keys
 from tests.redis_server import free_port
 
 
@@ -193,15 +194,15 @@ def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 
 
 def serving_nodes(client: redis.Redis, deployment_id: str) -> set[str]:
     """Nodes alive, routed 'started' with allocations, and targeted by the planner."""
-    raw_doc = client.get(f"inferq:deployment:{deployment_id}")
+    raw_doc = client.get(keys.deployment(deployment_id))
     if raw_doc is None:
         return set()
     targets = json.loads(raw_doc).get("targets", {})
-    routes = {k.decode(): json.loads(v) for k, v in client.hgetall(f"inferq:routes:{deployment_id}").items()}
+    routes = {k.decode(): json.loads(v) for k, v in client.hgetall(keys.routes(deployment_id)).items()}
     return {
         node for node, route in routes.items()
         if route["routing_state"] == "started" and route["current_allocations"] > 0 and targets.get(node, 0) > 0
-        and client.exists(f"inferq:node:{node}:alive")
+        and client.exists(keys.node_heartbeat(node))
     }  # fmt: skip
 
 
@@ -215,7 +216,7 @@ def leaked_keys(client: redis.Redis, live_nodes: set[str]) -> list[str]:
             leaks.append(name)
         if name.endswith(":queue") and client.llen(name):
             leaks.append(name)
-    for key in client.scan_iter(match="inferq:routes:*"):
+    for key in client.scan_iter(match=keys.routes("*")):
         leaks += [f"{key.decode()}#{n.decode()}" for n in client.hkeys(key) if n.decode() not in live_nodes]
-    leaks += [f"inferq:nodes#{n.decode()}" for n in client.smembers("inferq:nodes") if n.decode() not in live_nodes]
+    leaks += [f"inferq:nodes#{n.decode()}" for n in client.smembers(keys.NODES) if n.decode() not in live_nodes]
     return leaks

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from shared import keys
 from tests.cluster import local_cluster, pause_process, start, upload
 from tests.faults.harness import (
     Answer,
@@ -69,8 +70,8 @@ class Watch:
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            known = {n.decode() for n in self.client.smembers("inferq:nodes")}
-            alive = {n for n in NODES if self.client.exists(f"inferq:node:{n}:alive")}
+            known = {n.decode() for n in self.client.smembers(keys.NODES)}
+            alive = {n for n in NODES if self.client.exists(keys.node_heartbeat(n))}
             if known != NODES or alive != NODES:
                 self.lapses.append(f"known={sorted(known)} alive={sorted(alive)}")
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 
+from shared import keys
 from tests.cluster import local_cluster, start, upload
 from tests.faults.harness import (
     Load,
@@ -28,8 +29,8 @@ NODES = {"node-1", "node-2"}
 
 
 def registered(client: redis.Redis) -> set[str]:
-    members = {n.decode() for n in client.smembers("inferq:nodes")}
-    return {n for n in members if client.exists(f"inferq:node:{n}:alive") and client.exists(f"inferq:node:{n}")}
+    members = {n.decode() for n in client.smembers(keys.NODES)}
+    return {n for n in members if client.exists(keys.node_heartbeat(n)) and client.exists(keys.node_info(n))}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["restart", "crash"])

@@ -12,8 +12,7 @@ from types import SimpleNamespace
 import redis
 import redis.asyncio as aioredis
 
-from shared import keys
-from shared.cache import SyncResultCache
+from shared import keys, queue
 from shared.redis_budget import CacheLimits
 from shared.settings import WorkerSettings
 from workers.allocation import Allocation, AllocationContext, BatchLimits
@@ -29,12 +28,13 @@ def start_allocation(client: redis.Redis, deployment_id: str, node_id: str, inde
     )
     model = SimpleNamespace(task=None)  # the model seam: nothing here runs a forward pass
     allocation = Allocation(index, context, model, lambda: client, lambda _: None)  # type: ignore[arg-type]
-    allocation._index(client)
-    client.lpush(allocation.processing_key, b"in-flight")
-    client.lpush(allocation.queue_key, b"queued")
+    queue.run(client, queue.index_allocation(deployment_id, node_id, allocation.allocation))
+    client.lpush(keys.processing(deployment_id, node_id, allocation.allocation), b"in-flight")
+    client.lpush(keys.queue(deployment_id, node_id), b"queued")
     client.lpush(keys.bulk_queue(deployment_id, node_id), b"bulk")
-    client.hset(allocation.stats_key, "inference_count", 1)
-    SyncResultCache(client, allocation.cache_prefix, budget_bytes=10_000).put("d" * 32, b"value")
+    client.hset(keys.stats(deployment_id, node_id), "inference_count", 1)
+    completion = queue.Completion(10_000, "lfu", 1, 0, 0, 0, 0, cache_pairs=("d" * 32, b"value"))
+    queue.run(client, queue.complete(deployment_id, node_id, "a99", completion))
 
 
 def per_node_keys(client: redis.Redis, deployment_id: str) -> set[bytes]:
@@ -82,17 +82,10 @@ def test_a_restarted_node_requeues_what_its_allocations_held(redis_client: redis
 
 
 def test_no_service_module_scans_the_keyspace() -> None:
-    """SCAN/KEYS turn names into patterns and do not cross Redis Cluster shards; the one use
-    left is the cache's ``footprint`` (diagnostics and tests)."""
+    """SCAN/KEYS turn names into patterns and do not cross Redis Cluster shards: none left."""
     found: list[str] = []
     for path in sorted([*ROOT.glob("gateway/*.py"), *ROOT.glob("shared/*.py"), *ROOT.glob("workers/**/*.py"), *ROOT.glob("shared/lua/*.lua")]):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"scan_iter\(|\.keys\(\s*['\"]|['\"](SCAN|KEYS)['\"]", line):
                 found.append(f"{path.relative_to(ROOT)}:{number}")
-    assert found == ["shared/cache.py:" + str(_footprint_scan_line())]
-
-
-def _footprint_scan_line() -> int:
-    lines = (ROOT / "shared" / "cache.py").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if "def footprint" in line)
-    return next(i for i, line in enumerate(lines) if i > start and '"SCAN"' in line) + 1
+    assert found == []

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import redis
 
-from shared import keys
-from shared.queue import TAKE
+from shared import keys, queue
+from shared.queue import TakeArgs
 from workers.allocation import BULK_EVERY, _LaneState
 
 DEP, NODE = "lanes", "n1"
@@ -16,9 +16,8 @@ QUEUE, BULK, PROCESSING = keys.queue(DEP, NODE), keys.bulk_queue(DEP, NODE), key
 
 
 def take(client: redis.Redis, n: int, peers: int, bulk_n: int, bulk_first: bool) -> tuple[list[bytes], list[bytes], int, int]:
-    script = client.register_script(TAKE)
-    interactive, bulk, left_i, left_b = script(keys=[QUEUE, PROCESSING, BULK], args=[n, peers, bulk_n, 1 if bulk_first else 0])
-    return list(interactive), list(bulk), int(left_i), int(left_b)
+    taken = queue.run(client, queue.take(DEP, NODE, "a0", TakeArgs(n, peers, bulk_n, bulk_first)))
+    return taken.interactive, taken.bulk, taken.interactive_left, taken.bulk_left
 
 
 def test_interactive_first_lanes_never_mixed_bulk_on_its_turn(redis_client: redis.Redis) -> None:

@@ -6,18 +6,18 @@ from __future__ import annotations
 import msgpack
 import redis
 
-from shared.queue import REQUEUE, REQUEUE_COUNTED
+from shared import keys, queue
 from shared.wire import InferRequest, RequestTemplate
 
 
 def request(request_id: str, text: str = "hello") -> InferRequest:
-    return InferRequest(request_id, "inferq:replies:p", "dep", text, {"text_embedding": {"x": 1.5}}, 10**13, 1, "d")
+    return InferRequest(request_id, keys.gateway_replies("p"), "dep", text, {"text_embedding": {"x": 1.5}}, 10**13, 1, "d")
 
 
 def test_each_counted_requeue_raises_the_delivery_count_and_keeps_the_rest(redis_client: redis.Redis) -> None:
-    counted, plain = redis_client.register_script(REQUEUE_COUNTED), redis_client.register_script(REQUEUE)
-    src, dst = "inferq:dn:{dep|n1}:processing:a0", "inferq:dn:{dep|n1}:queue"
-    template = RequestTemplate("inferq:replies:p", "dep", {"text_embedding": {"x": 1.5}})
+    src, dst = keys.processing("dep", "n1", "a0"), keys.queue("dep", "n1")
+    redis_client.sadd(keys.dn_allocations("dep", "n1"), "a0")
+    template = RequestTemplate(keys.gateway_replies("p"), "dep", {"text_embedding": {"x": 1.5}})
     items = [
         request("a").pack(),
         template.pack("b", "é" * 70_000, 10**13, 1, "d"),  # str8/16/32 texts, as the producer packs them
@@ -26,8 +26,8 @@ def test_each_counted_requeue_raises_the_delivery_count_and_keeps_the_rest(redis
     ]
     redis_client.rpush(src, *reversed(items))  # allocations LMOVE to the left: oldest at the right
     for expected in (1, 2, 3):
-        assert counted(keys=[src, dst]) == 4
-        assert plain(keys=[dst, src]) == 4  # back into the processing list, unchanged
+        assert queue.run(redis_client, queue.recover("dep", "n1")) == 4  # a dead worker's: counted
+        assert queue.call_sync(redis_client, queue.REQUEUE.call((dst, src), ())) == 4  # back, unchanged
         got = [bytes(x) for x in redis_client.lrange(src, 0, -1)][::-1]
         assert InferRequest.unpack(got[0]) == InferRequest(**{**request("a").__dict__, "deliveries": expected})
         second = InferRequest.unpack(got[1])

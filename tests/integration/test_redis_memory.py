@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import redis
 
-from shared import keys
-from shared.cache import SyncResultCache, cache_digest, index_key, meta_key
-from shared.queue import COMPLETE
+from shared import keys, queue
+from shared.cache import cache_digest
+from tests.cache_driver import SyncCache
 from tests.cluster import LocalCluster, local_cluster, upload
 from tests.redis_server import redis_server_process
 
@@ -54,12 +54,12 @@ def rejected_calls(client: redis.Redis) -> dict[str, int]:
 def test_cache_inserts_stop_at_the_ceiling_and_leave_redis_to_the_rest(small_redis: redis.Redis) -> None:
     client = small_redis
     ceiling = used_memory(client) + 2 * MIB
-    small = SyncResultCache(client, "t:{b|n}:cache", budget_bytes=50_000, memory_ceiling_bytes=ceiling)
+    small = SyncCache(client, "b", "n", budget_bytes=50_000, memory_ceiling_bytes=ceiling)
     assert all(small.put(cache_digest("b", str(i)), VALUE) for i in range(100))  # full: it evicts now
-    cache = SyncResultCache(client, "t:{a|n}:cache", budget_bytes=10**9, memory_ceiling_bytes=ceiling, retry_after_s=0)
+    cache = SyncCache(client, "a", "n", budget_bytes=10**9, memory_ceiling_bytes=ceiling)
     stored = [cache.put(cache_digest(str(i)), VALUE) for i in range(4000)]  # 8 MB asked, 2 MiB of room
     stats = cache.stats()
-    assert stats.errors == 0 and oom_errors(client) == 0 and rejected_calls(client) == {}
+    assert oom_errors(client) == 0 and rejected_calls(client) == {}
     assert all(stored) and stats.no_headroom > 0  # at the ceiling new entries replace old ones
     assert stats.evictions > 0 and stats.used_bytes <= 2 * MIB  # far under its budget of 1 GB
     # entries are accounted one by one; Redis's hash tables double in steps (here 16-32 KB)
@@ -72,21 +72,21 @@ def test_cache_inserts_stop_at_the_ceiling_and_leave_redis_to_the_rest(small_red
     assert all(small.put(cache_digest("b", str(i)), VALUE) for i in range(100, 150))
     assert 0 < small.stats().used_bytes <= 50_000
     # and an empty one stores nothing: it has nothing to replace
-    empty = SyncResultCache(client, "t:{c|n}:cache", budget_bytes=10**9, memory_ceiling_bytes=ceiling)
+    empty = SyncCache(client, "c", "n", budget_bytes=10**9, memory_ceiling_bytes=ceiling)
     assert not any(empty.put(cache_digest("c", str(i)), VALUE) for i in range(10))
     assert empty.stats().no_headroom == 10 and empty.stats().entries == 0
     assert oom_errors(client) == 0
 
 
-def test_without_a_ceiling_the_same_fill_is_refused_by_redis_and_swallowed(small_redis: redis.Redis) -> None:
-    """The failure the ceiling prevents: here Redis refuses writes for memory (and the cache
-    swallows and counts the error instead of raising)."""
+def test_without_a_ceiling_the_same_fill_takes_what_queues_need(small_redis: redis.Redis) -> None:
+    """The failure the ceiling prevents: COMPLETE writes first what frees memory (the processing
+    list), so Redis never refuses it, and without a ceiling its cache inserts carry Redis past
+    maxmemory: then the next queue push is refused."""
     client = small_redis
-    cache = SyncResultCache(client, "t:{a|n}:cache", budget_bytes=10**9, retry_after_s=0)
+    cache = SyncCache(client, "a", "n", budget_bytes=10**9)
     for i in range(10_000):  # up to 20 MB into 16 MiB
-        if not cache.put(cache_digest(str(i)), VALUE):
-            break
-    assert cache.stats().errors == 1 and oom_errors(client) == 1
+        cache.put(cache_digest(str(i)), VALUE)
+    assert used_memory(client) > 16 * MIB
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         client.lpush("q", b"a request")  # a queue push would fail now
 
@@ -97,24 +97,24 @@ def test_a_batch_completes_on_a_redis_past_its_limit(small_redis: redis.Redis) -
     client = small_redis
     processing = keys.processing("d", "n", "a0")
     stats_key = keys.stats("d", "n")
-    prefix = keys.cache_prefix("d", "n")
     client.rpush(processing, b"req-1", b"req-2")
     client.hset(stats_key, "inference_count", 0)
     client.config_set("maxmemory", str(used_memory(client) - 100_000))  # Redis is now past its limit
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         client.set("anything", b"x")
     oom_before = oom_errors(client)
-    complete = client.register_script(COMPLETE)
     ceiling = used_memory(client) - 200_000
     now = int(time.time() * 1000)
-    pairs: list[str | bytes] = [cache_digest("1"), b"result 1", cache_digest("2"), b"result 2"]
-    args: list[str | bytes | int | float] = [prefix, 1_000_000, "lfu", now, now, 2, 12.5, 0, ceiling, 0, *pairs]
-    assert complete(keys=[stats_key, processing], args=args) == 1
+    completion = queue.Completion(
+        budget_bytes=1_000_000, policy="lfu", now_ms=now, start_ms=now, results=2, time_ms_sum=12.5, errors=0,
+        memory_ceiling_bytes=ceiling, cache_pairs=(cache_digest("1"), b"result 1", cache_digest("2"), b"result 2"),
+    )  # fmt: skip
+    queue.run(client, queue.complete("d", "n", "a0", completion))
     assert oom_errors(client) == oom_before
     assert not client.exists(processing)
     assert int(client.hget(stats_key, "inference_count") or 0) == 2
-    assert client.zcard(index_key(prefix)) == 0
-    assert int(client.hget(meta_key(prefix), "no_headroom") or 0) == 2
+    assert client.zcard(keys.cache_index("d", "n")) == 0
+    assert int(client.hget(keys.cache_meta("d", "n"), "no_headroom") or 0) == 2
 
 
 # ---- end to end ---------------------------------------------------------------------------------

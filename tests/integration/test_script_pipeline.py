@@ -11,10 +11,11 @@ import redis
 from redis.exceptions import ResponseError
 
 from shared.producer import ScriptPipeline
+from shared.queue import Script
 from shared.redis_conn import async_client
 from tests.redis_server import redis_server_process
 
-SCRIPT = "return {tonumber(ARGV[1]) + 1, KEYS[1]}"
+SCRIPT = Script("test", keys=("k",), argv=("n",), body="return {tonumber(n) + 1, k}")
 
 
 def test_calls_survive_script_flush_and_a_killed_connection() -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import redis
 
-from shared.queue import TAKE
+from shared import keys, queue
+from shared.queue import TakeArgs
 from workers.batch_plan import TokenEstimate
 
-QUEUE, PROCESSING, BULK = "{t|n}:queue", "{t|n}:processing:a0", "{t|n}:bulk:queue"
+DEP, NODE = "t", "n"
+QUEUE, PROCESSING, BULK = keys.queue(DEP, NODE), keys.processing(DEP, NODE, "a0"), keys.bulk_queue(DEP, NODE)
 ESTIMATE = TokenEstimate(overhead_bytes=100, bytes_per_token=4.0, max_row_tokens=512)
 
 
@@ -20,11 +22,10 @@ def message(text_bytes: int, tag: int) -> bytes:
 
 def take(client: redis.Redis, n: int, budget: int, peers: int = 1) -> list[bytes]:
     """The interactive lane's items (no bulk lane here: bulk_n 0)."""
-    script = client.register_script(TAKE)
-    args = [n, peers, 0, 0, budget, ESTIMATE.overhead_bytes, ESTIMATE.bytes_per_token, ESTIMATE.max_row_tokens]
-    interactive, bulk, _, _ = script(keys=[QUEUE, PROCESSING, BULK], args=args)
-    assert bulk == []
-    return list(interactive)
+    args = TakeArgs(n, peers, 0, False, budget, ESTIMATE.overhead_bytes, ESTIMATE.bytes_per_token, ESTIMATE.max_row_tokens)
+    taken = queue.run(client, queue.take(DEP, NODE, "a0", args))
+    assert taken.bulk == []
+    return taken.interactive
 
 
 def fill(client: redis.Redis, text_bytes: list[int]) -> list[bytes]:

@@ -12,7 +12,8 @@ from redis.asyncio.connection import Connection
 from gateway.http import error_body
 from shared.cache import DigestPrefix, cache_digest
 from shared.errors import InferqError, NotFound, QueueFull
-from shared.producer import pack_dispatch_args, request_ids
+from shared import keys, queue
+from shared.producer import request_ids
 from shared.redis_conn import pack_args, pack_command
 from shared.routing import rank_nodes
 from shared.wire import InferRequest, RequestTemplate
@@ -32,9 +33,9 @@ TEXTS = ["", "hello", "é" * 40, "x" * 300, "y" * 70_000, "\x00 \u2603 \U0001f60
 @pytest.mark.parametrize("digest", ["", "0123456789abcdef0123456789abcdef"])
 @pytest.mark.parametrize("deadline_ms", [0, 127, 1_700_000_010_000, 2**40])
 def test_request_template_packs_like_infer_request(text: str, digest: str, deadline_ms: int) -> None:
-    template = RequestTemplate("inferq:replies:abc", "dep-1", CONFIG)
+    template = RequestTemplate(keys.gateway_replies("abc"), "dep-1", CONFIG)
     request = InferRequest(
-        id="a1b2c3d4ff", reply_to="inferq:replies:abc", deployment_id="dep-1", text=text, config=dict(CONFIG),
+        id="a1b2c3d4ff", reply_to=keys.gateway_replies("abc"), deployment_id="dep-1", text=text, config=dict(CONFIG),
         deadline_ms=deadline_ms, enqueued_ms=deadline_ms // 2, digest=digest,
     )  # fmt: skip
     packed = template.pack("a1b2c3d4ff", text, deadline_ms, deadline_ms // 2, digest)
@@ -54,7 +55,7 @@ def test_digest_prefix_equals_cache_digest(text: str) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ("EVALSHA", "f" * 40, 2, "inferq:dn:{d|n}:queue", "k", "é", b"\x00\xff", 0, -5, 2**70, 1.5),
+        ("EVALSHA", "f" * 40, 2, keys.queue("d", "n"), "k", "é", b"\x00\xff", 0, -5, 2**70, 1.5),
         ("PING",),
         ("SET", "", b""),
     ],
@@ -72,9 +73,29 @@ def test_pack_args_refuses_what_redis_py_refuses() -> None:
 
 @pytest.mark.parametrize("count_rejection", [True, False])
 @pytest.mark.parametrize("digest", ["", "0123456789abcdef0123456789abcdef"])
-def test_dispatch_args_pack_like_pack_args(count_rejection: bool, digest: str) -> None:
-    values = (digest, "lfu", 1_700_000_000_000, 0, 1024, b"\x89payload" * 50)
-    assert pack_dispatch_args(*values, count_rejection) == pack_args((*values, 1 if count_rejection else 0))
+@pytest.mark.parametrize("lane", queue.LANES)
+def test_dispatch_packs_like_the_general_encoder(count_rejection: bool, digest: str, lane: str) -> None:
+    """The hot path (``dispatch_head`` once per (deployment, node, lane), ``dispatch_argv`` per
+    document) sends exactly the command ``DISPATCH.call`` encodes from the field lists."""
+    values = (digest, "lfu", 1_700_000_000_000, 0, 1024, b"\x89payload" * 50, count_rejection)
+    call = queue.DISPATCH.call(queue.dispatch_keys("dep-1", "node-1", lane), queue.dispatch_values(*values))
+    general = pack_command(("EVALSHA", queue.DISPATCH.sha, len(call.keys), *call.keys, *call.args))
+    assert queue.dispatch_head("dep-1", "node-1", lane) + queue.dispatch_argv(*values) == general
+    assert call.keys[0] == (keys.bulk_queue if lane == queue.BULK else keys.queue)("dep-1", "node-1")
+
+
+def test_every_script_reads_its_fields_by_name_once() -> None:
+    """Each script's prelude binds every declared KEYS/ARGV field, in order, and nothing else
+    indexes them by position (only the declared variadic tails)."""
+    for script in queue.SCRIPTS:
+        for i, name in enumerate(script.keys, 1):
+            assert f"local {name} = KEYS[{i}]" in script.prelude
+        for i, name in enumerate(script.argv, 1):
+            assert f"local {name} = ARGV[{i}]" in script.prelude
+        positional = re.findall(r"(KEYS|ARGV)\[(\d+)\]", script.body)
+        assert positional == [], (script.name, positional)
+        with pytest.raises(ValueError):
+            script.call(["k"] * (len(script.keys) + 1), [0] * len(script.argv))
 
 
 def test_request_ids_are_unique_and_shaped() -> None:
