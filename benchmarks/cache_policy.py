@@ -8,13 +8,16 @@ Workloads (seeded, so runs are comparable):
 
 Each key has a value size drawn once, uniformly in [--min-value-bytes, --max-value-bytes]. Budgets
 are fractions of the working set (the accounted bytes of every distinct Zipf key). Each request is
-a read-through: ``cache_get``, and on a miss ``cache_put``, run by the real Lua fragment; requests
-go to Redis in batches, one script call a batch, which keeps the replay exact (every request sees
-every earlier one) and fast. Prints a table and writes ``benchmarks/results/cache_policy.json``.
+a read-through: ``cache_get``, and on a miss ``cache_put``, the functions of the real Lua fragment
+that ``DISPATCH`` and ``COMPLETE`` run; requests go to Redis in batches, one script call a batch
+(``REPLAY``, its keys and arguments declared like ``shared.queue``'s), which keeps the replay exact
+(every request sees every earlier one) and fast. Prints a table and writes
+``benchmarks/results/cache_policy.json``.
 
-Keys: ``shared.keys.cache_prefix("bench-<workload>", "<policy>-<budget>")`` caches, cleared after
-each run. ``--calibrate`` instead fills caches of several value-size mixes and prints the
-per-entry overhead constant that would make the accounting equal Redis' ``MEMORY USAGE``.
+Keys: the caches of (deployment ``bench-<workload>``, node ``<policy>-<budget>``), cleared after
+each run (``shared.queue.clear``). ``--calibrate`` instead fills caches of several value-size
+mixes through ``COMPLETE`` (``tests/cache_driver.py``) and prints the per-entry overhead constant
+that would make the accounting equal Redis' ``MEMORY USAGE``.
 
     python -m benchmarks.cache_policy [--redis-url redis://...] [--requests 200000] ...
 """
@@ -33,32 +36,40 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from shared import keys
-from shared.cache import POLICIES, SyncResultCache, cache_digest, clear_cache_sync
+from shared import queue
+from shared.cache import POLICIES, cache_digest
 from shared.lua import compose
+from shared.queue import Script
+from tests.cache_driver import SyncCache
 from tests.redis_server import private_redis
 
-# ARGV[5]: 38-character records, one a request: 32-char digest, 5-digit value size, hot flag.
-REPLAY_BODY = """
-local prefix, budget, policy, now_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local records = ARGV[5]
+# records: 38-character records, one a request: 32-char digest, 5-digit value size, hot flag.
+REPLAY = Script(
+    "replay",
+    keys=("cache_index", "cache_meta", "cache_entries"),
+    argv=("budget_bytes", "policy", "now_ms", "records"),
+    fragments=("cache",),
+    body="""
+local budget, now = tonumber(budget_bytes), tonumber(now_ms)
+local headroom = cache_headroom(0, now)
 local hits, hot_hits = 0, 0
 for at = 1, #records, 38 do
   local digest = string.sub(records, at, at + 31)
-  if cache_get(prefix, digest, policy, now_ms) then
+  if cache_get(cache_index, cache_meta, cache_entries, digest, policy, now) then
     hits = hits + 1
     if string.sub(records, at + 37, at + 37) == "1" then hot_hits = hot_hits + 1 end
   else
     local size = tonumber(string.sub(records, at + 32, at + 36))
-    cache_put(prefix, digest, string.rep("v", size), budget, policy, now_ms)
+    cache_put(cache_index, cache_meta, cache_entries, digest, string.rep("v", size), budget, policy, now, headroom)
   end
 end
 return {hits, hot_hits}
-"""
+""",
+)
 FOOTPRINTS_BODY = """
 local total = 0
-for i = 2, #ARGV, 2 do
-  total = total + cache_entry_footprint(#ARGV[1] + 3 + #ARGV[i], tonumber(ARGV[i + 1]), #ARGV[i])
+for i = 1, #ARGV, 2 do
+  total = total + cache_entry_footprint(tonumber(ARGV[i + 1]), #ARGV[i])
 end
 return total
 """
@@ -137,7 +148,6 @@ class Replayer:
         rng = np.random.default_rng(args.seed + 1)
         self.sizes = rng.integers(args.min_value_bytes, args.max_value_bytes + 1, size=args.keys)
         self.digests = [cache_digest("bench", str(i)) for i in range(args.keys)]
-        self.replay = client.register_script(compose("cache", body=REPLAY_BODY))
         self.footprints = client.register_script(compose("cache", body=FOOTPRINTS_BODY))
 
     def key(self, key_id: int) -> tuple[str, int]:
@@ -147,10 +157,10 @@ class Replayer:
         size = low + key_id % (high - low + 1)
         return cache_digest("scan", str(key_id)), size
 
-    def working_set_bytes(self, prefix: str) -> int:
+    def working_set_bytes(self) -> int:
         total = 0
         for start in range(0, self.args.keys, 2_000):
-            argv: list[str | int] = [prefix]
+            argv: list[str | int] = []
             for i in range(start, min(start + 2_000, self.args.keys)):
                 argv += [self.digests[i], int(self.sizes[i])]
             total += int(self.footprints(args=argv))
@@ -169,19 +179,20 @@ class Replayer:
         self, workload: Workload, batches: list[bytes], policy: str, fraction: float, working_set: int
     ) -> Result:
         budget = max(int(working_set * fraction), 1)
-        prefix = keys.cache_prefix(f"bench-{workload.name}", f"{policy}-{fraction}")
-        clear_cache_sync(self.client, prefix)
+        dn = (f"bench-{workload.name}", f"{policy}-{fraction}")
+        queue.run(self.client, queue.clear(*dn))
         hits = hot_hits = 0
         now_ms = int(time.time() * 1000)
         started = time.perf_counter()
         ids, hot = workload.key_ids, workload.hot
         for batch in batches:
-            batch_hits, batch_hot_hits = self.replay(args=[prefix, budget, policy, now_ms, batch])
+            replay = REPLAY.call(queue.cache_keys(*dn), (budget, policy, now_ms, batch))
+            batch_hits, batch_hot_hits = queue.call_sync(self.client, replay)
             hits += int(batch_hits)
             hot_hits += int(batch_hot_hits)
         seconds = time.perf_counter() - started
-        stats = SyncResultCache(self.client, prefix, budget_bytes=budget, policy=policy).stats()  # type: ignore[arg-type]
-        clear_cache_sync(self.client, prefix)
+        stats = SyncCache(self.client, *dn, budget_bytes=budget, policy=policy).stats()  # type: ignore[arg-type]
+        queue.run(self.client, queue.clear(*dn))
         hot_requests = int(hot.sum())
         distinct = len(np.unique(ids))
         return Result(
@@ -233,8 +244,7 @@ def calibrate(client: redis.Redis) -> None:
     )
     for low, high in [(1, 40), (50, 200), (200, 2_000), (2_000, 8_000), (20_000, 60_000)]:
         for entries in (200, 1_000, 3_000):
-            prefix = keys.cache_prefix("calibrate", f"{low}-{high}-{entries}")
-            cache = SyncResultCache(client, prefix, budget_bytes=10**12)
+            cache = SyncCache(client, "calibrate", f"{low}-{high}-{entries}", budget_bytes=10**12)
             for i in range(entries):
                 cache.put(cache_digest(str(i)), b"v" * int(rng.integers(low, high + 1)))
             footprint = cache.footprint()
@@ -291,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             started = time.perf_counter()
             workloads = make_workloads(args)
             replayer = Replayer(client, args)
-            working_set = replayer.working_set_bytes(keys.cache_prefix("bench-zipf", "lfu-0.01"))
+            working_set = replayer.working_set_bytes()
             print(
                 f"{args.keys} keys, {args.requests} requests per workload, Zipf s={args.zipf_s}, values "
                 f"{args.min_value_bytes}-{args.max_value_bytes} B, scan {args.scan_fraction:.0%} in runs of "

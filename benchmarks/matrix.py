@@ -222,7 +222,7 @@ def burst_phase(bench: Any, texts_file: Path) -> dict[str, Any]:
         paused = bench.cluster.nodes["node-2"]
         paused.send_signal(signal.SIGSTOP)
         queue_key = keys.queue(full, "node-2")
-        stale = InferRequest(id="stale", reply_to="inferq:replies:bench-none", deployment_id=full, text="x",
+        stale = InferRequest(id="stale", reply_to=keys.gateway_replies("bench-none"), deployment_id=full, text="x",
                              config={}, deadline_ms=0, enqueued_ms=0).pack()  # fmt: skip
         while bench.client.llen(queue_key) < 1:  # the paused pop may still take one server-side
             bench.client.lpush(queue_key, stale)

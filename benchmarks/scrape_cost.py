@@ -33,10 +33,9 @@ from gateway.app import create_app
 from gateway.cluster_snapshot import read_snapshot
 from gateway.metrics import render
 from gateway.request_metrics import latency_field, request_field
-from shared import histograms, keys, node_registry
+from shared import histograms, keys, node_registry, queue
 from shared.cache import cache_digest
 from shared.deployment_store import RouteStatus
-from shared.queue import COMPLETE, DISPATCH
 from shared.settings import GatewaySettings
 from tests.redis_server import free_port, private_redis
 
@@ -86,8 +85,6 @@ def seed(
     node_ids = [f"node-{i}" for i in range(1, nodes + 1)]
     for node_id in node_ids:
         node_registry.register(client, node_id, 8, 32 << 30, ttl_s=3600)
-    dispatch = client.register_script(DISPATCH)
-    complete = client.register_script(COMPLETE)
     deployment_ids = [f"model-{d:02d}" for d in range(deployments)]
     for deployment_id in deployment_ids:
         doc = deployment_doc(deployment_id, node_ids, now)
@@ -95,7 +92,6 @@ def seed(
         client.sadd(keys.DEPLOYMENTS, deployment_id)
         for node_id in node_ids:
             client.hset(keys.routes(deployment_id), node_id, RouteStatus("started", 1, "", now, 1).to_json())
-            prefix = keys.cache_prefix(deployment_id, node_id)
             observations: dict[str, float] = {}
             for _ in range(batches):
                 size = rng.randint(1, 16)
@@ -103,15 +99,15 @@ def seed(
                 histograms.FORWARD_SECONDS.observe(observations, 0.004 * size * rng.uniform(0.5, 2))
             digests = [cache_digest(deployment_id, node_id, str(i)) for i in range(cache_entries)]
             pairs = [x for d in digests for x in (d, b"x" * rng.randint(200, 2000))]
-            complete(
-                keys=[keys.stats(deployment_id, node_id), keys.processing(deployment_id, node_id, "a0")],
-                args=[prefix, doc["cache_size_bytes"], "lfu", now, now, cache_entries, 12.5 * cache_entries, 1, 0,
-                      len(observations), *(x for kv in observations.items() for x in kv), *pairs],
-            )  # fmt: skip
-            queue, stats = keys.queue(deployment_id, node_id), keys.stats(deployment_id, node_id)
+            completion = queue.Completion(
+                doc["cache_size_bytes"], "lfu", now, now, cache_entries, 12.5 * cache_entries, 1, 0, observations, pairs
+            )
+            queue.run(client, queue.complete(deployment_id, node_id, "a0", completion))
             for i in range(hits + queued):
                 digest = digests[i % cache_entries] if i < hits else cache_digest("miss", str(i))
-                dispatch(keys=[queue, stats], args=[prefix, digest, "lfu", now, now, 1024, b"request", 1])
+                queue.run(client, queue.dispatch(
+                    deployment_id, node_id, digest=digest, payload=b"request", capacity=1024, now_ms=now, start_ms=now
+                ))  # fmt: skip
         for code, n in (("2xx", 1000), ("4xx", 3), ("429", 5), ("5xx", 1)):
             client.hincrby(keys.METRICS_GATEWAY, request_field(INFER_ROUTE, deployment_id, code), n)
         for bucket in range(len(histograms.REQUEST_SECONDS.bounds) + 1):

@@ -507,7 +507,7 @@ def reject_phase(bench: Bench) -> dict[str, Any]:
     deployment_id = "minilm-q1"
     bench.deploy(deployment_id, 1, 1, "&queue_capacity=1")
     queue_key = keys.queue(deployment_id, NODE_ID)
-    stale = InferRequest(id="stale", reply_to="inferq:replies:bench-none", deployment_id=deployment_id, text="x",
+    stale = InferRequest(id="stale", reply_to=keys.gateway_replies("bench-none"), deployment_id=deployment_id, text="x",
                          config={}, deadline_ms=0, enqueued_ms=0).pack()  # fmt: skip
     worker = bench.cluster.nodes[NODE_ID]
     worker.send_signal(signal.SIGSTOP)

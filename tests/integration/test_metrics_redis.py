@@ -27,11 +27,12 @@ from gateway.api_keys import encode_credentials
 from gateway.app import create_app
 from gateway.request_metrics import forget_deployment
 from shared import keys, task_config
-from shared.cache import DigestPrefix, make_sync_cache
+from shared.cache import DigestPrefix
 from shared.deployment_store import DeploymentStore
 from shared.producer import canonical_json
 from shared.settings import GatewaySettings
 from tests import browser
+from tests.cache_driver import SyncCache
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 INFER = "/_ml/trained_models/{model_id}/_infer"
@@ -81,7 +82,7 @@ def prepare_cluster(client: redis.Redis) -> None:
                 {"routing_state": "started", "current_allocations": 1, "started_ms": now, "threads_per_allocation": 1}
             ))  # fmt: skip
             if deployment_id == "hits":
-                make_sync_cache(client, keys.cache_prefix(deployment_id, node), budget_bytes=4 << 20).put(digest, RESULT)
+                SyncCache(client, deployment_id, node, budget_bytes=4 << 20).put(digest, RESULT)
             else:
                 client.lpush(keys.queue(deployment_id, node), b"waiting")
 

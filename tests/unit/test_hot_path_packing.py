@@ -10,9 +10,9 @@ import pytest
 from redis.asyncio.connection import Connection
 
 from gateway.http import error_body
+from shared import keys, queue
 from shared.cache import DigestPrefix, cache_digest
 from shared.errors import InferqError, NotFound, QueueFull
-from shared import keys, queue
 from shared.producer import request_ids
 from shared.redis_conn import pack_args, pack_command
 from shared.routing import rank_nodes
