@@ -299,12 +299,12 @@ REMOVE_ITEMS = Script(
     "remove_items",
     keys=("queue",),
     argv=(),
-    more_argv="the items to remove (each once, searched from the tail)",
+    more_argv="the items to remove (each once, searched from the head, where a hand-over reads them)",
     returns="the number removed",
     body="""
 local removed = 0
 for i = first_more_arg, #ARGV do
-  removed = removed + redis.call('LREM', queue, -1, ARGV[i])
+  removed = removed + redis.call('LREM', queue, 1, ARGV[i])
 end
 return removed
 """,

@@ -84,8 +84,8 @@ class RawProducer:
         self.reply_key = f"inferq:replies:{secrets.token_hex(6)}"
         self.dispatch_sha = client.script_load(dispatch_script())
         self.bounded_push = lua_block("bounded-push")
-        self.doc: dict[str, Any] = json.loads(cast(bytes, client.get(f"inferq:deployment:{deployment_id}")))
-        raw_routes: dict[bytes, bytes] = client.hgetall(f"inferq:routes:{deployment_id}")  # type: ignore[assignment]
+        self.doc: dict[str, Any] = json.loads(cast(bytes, client.get(f"inferq:{{control}}:deployment:{deployment_id}")))
+        raw_routes: dict[bytes, bytes] = client.hgetall(f"inferq:{{control}}:routes:{deployment_id}")  # type: ignore[assignment]
         routes = {n.decode(): json.loads(r) for n, r in raw_routes.items()}
         self.routes = routes
         targets = self.doc["targets"]
@@ -102,8 +102,8 @@ class RawProducer:
     def stats(self, node: str) -> str:
         return f"inferq:dn:{{{self.deployment_id}|{node}}}:stats"
 
-    def cache_prefix(self, node: str) -> str:
-        return f"inferq:dn:{{{self.deployment_id}|{node}}}:cache"
+    def cache_keys(self, node: str) -> list[str]:
+        return [f"inferq:dn:{{{self.deployment_id}|{node}}}:cache:{name}" for name in ("idx", "meta", "entries")]
 
     def digest(self, text: str) -> str:
         if int(self.doc["cache_size_bytes"]) == 0:
@@ -129,8 +129,8 @@ class RawProducer:
     def dispatch(self, node: str, digest: str, payload: bytes, *, capacity: int | None = None, last: bool = True) -> list[Any]:
         start_ms = self.routes[node]["started_ms"] or self.doc["start_time_ms"]
         result: list[Any] = self.client.evalsha(
-            self.dispatch_sha, 2, self.queue(node), self.stats(node),
-            self.cache_prefix(node), digest, self.doc["cache_policy"], now_ms(), start_ms,
+            self.dispatch_sha, 5, self.queue(node), self.stats(node), *self.cache_keys(node),
+            digest, self.doc["cache_policy"], now_ms(), start_ms,
             self.doc["task_parameters"]["queue_capacity"] if capacity is None else capacity,
             payload, 1 if last else 0,
         )
@@ -282,11 +282,14 @@ def test_the_document_matches_the_code(cluster: LocalCluster, raw: RawProducer) 
     def lines(script: str) -> list[str]:
         return [line for line in script.splitlines() if line.strip()]
 
-    assert lines(dispatch_script()) == lines(DISPATCH)  # the same script, blank lines aside
+    assert lines(dispatch_script()) == lines(DISPATCH.source)  # the same script, blank lines aside
     assert VERSION == 1
     assert raw.queue("n") == keys.queue(DEPLOYMENT, "n")
     assert raw.stats("n") == keys.stats(DEPLOYMENT, "n")
-    assert raw.cache_prefix("n") == keys.cache_prefix(DEPLOYMENT, "n")
+    assert raw.cache_keys("n") == [keys.cache_index(DEPLOYMENT, "n"), keys.cache_meta(DEPLOYMENT, "n"),
+                                   keys.cache_entries(DEPLOYMENT, "n")]
+    assert f"inferq:{{control}}:deployment:{DEPLOYMENT}" == keys.deployment(DEPLOYMENT)
+    assert f"inferq:{{control}}:routes:{DEPLOYMENT}" == keys.routes(DEPLOYMENT)
     assert raw.reply_key.rsplit(":", 1)[0] == keys.gateway_replies("x").rsplit(":", 1)[0]
     assert resolve_request_config(raw.doc["inference_config"], None) == raw.config
 
