@@ -9,7 +9,7 @@ checkout that has them (main's code included). Prints one JSON summary: statuses
 OOM rejections (``INFO errorstats`` / ``commandstats``), whether the node is still alive, the
 cache bytes per deployment, and what ``_stats`` reports.
 
-Redis keys: reads ``inferq:dn:*:cache:meta`` (SCAN: a measuring tool, not a service path).
+Redis keys: reads every ``keys.cache_meta`` (SCAN: a measuring tool, not a service path).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def redis_report(client: redis.Redis) -> dict[str, Any]:
     commandstats = client.info("commandstats")
     rejected = {name: int(s.get("rejected_calls", 0)) for name, s in commandstats.items() if int(s.get("rejected_calls", 0))}
     cache_bytes: dict[str, int] = {}
-    for key in client.scan_iter(match="inferq:dn:*:cache:meta", count=1000):
+    for key in client.scan_iter(match=keys.cache_meta("*", "*"), count=1000):
         name = key.decode().split("{", 1)[1].split("}", 1)[0]
         cache_bytes[name] = int(float(client.hget(key, "bytes") or 0))
     return {

@@ -210,7 +210,7 @@ def leaked_keys(client: redis.Redis, live_nodes: set[str]) -> list[str]:
     """What a healed cluster should not hold: in-flight lists or queued requests nobody serves,
     routes or registrations of nodes that are gone (test code: SCAN is fine here)."""
     leaks: list[str] = []
-    for key in client.scan_iter(match="inferq:dn:*"):
+    for key in client.scan_iter(match=f"{keys.PREFIX}:dn:*"):
         name = key.decode()
         if ":processing:" in name and client.llen(name):
             leaks.append(name)
@@ -218,5 +218,5 @@ def leaked_keys(client: redis.Redis, live_nodes: set[str]) -> list[str]:
             leaks.append(name)
     for key in client.scan_iter(match=keys.routes("*")):
         leaks += [f"{key.decode()}#{n.decode()}" for n in client.hkeys(key) if n.decode() not in live_nodes]
-    leaks += [f"inferq:nodes#{n.decode()}" for n in client.smembers(keys.NODES) if n.decode() not in live_nodes]
+    leaks += [f"{keys.NODES}#{n.decode()}" for n in client.smembers(keys.NODES) if n.decode() not in live_nodes]
     return leaks

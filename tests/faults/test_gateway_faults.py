@@ -72,7 +72,7 @@ def test_a_gateway_killed_mid_stop_and_mid_start_leaves_nothing_stuck(tiny_embed
             wait_until(lambda: serving_nodes(client, "late") != set(), 60, "the start went on")
             load.wait_for_successes(len([a for a in load.answers if a.ok]) + 10)
         assert not bad_answers(load.answers) and all(a.ok for a in load.answers)
-        assert not list(client.scan_iter(match="inferq:dn:{doomed|*")) and not client.exists(keys.routes("doomed"))
+        assert not list(client.scan_iter(match=keys.dn_prefix("doomed", "*") + "*")) and not client.exists(keys.routes("doomed"))
         status, body = http("POST", f"{survivor_url}/_ml/trained_models/tiny/deployment/_start"
                                     "?deployment_id=doomed&wait_for=started&timeout=60s", timeout_s=90)
         assert status == 200, body  # the id is free again

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 
+from shared import keys
 from tests.cluster import local_cluster, start, upload
 from tests.faults.harness import (
     Load,
@@ -60,7 +61,7 @@ def _holder(client: redis.Redis, deployment_id: str, besides: list[str]) -> str:
     """The node (not one of ``besides``) whose allocation holds a request in its processing list."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for key in client.scan_iter(match=f"inferq:dn:{{{deployment_id}|*}}:processing:*"):
+        for key in client.scan_iter(match=keys.processing(deployment_id, "*", "*")):
             node = key.decode().split("|", 1)[1].split("}", 1)[0]
             if node not in besides and client.llen(key):
                 return node

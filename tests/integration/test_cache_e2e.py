@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+from shared import keys
 from tests.cluster import LocalCluster, infer, local_cluster, start, upload
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def pair(redis_url: str, tiny_embedding_model: Any) -> Iterator[LocalCluster]:
 def cache_keys(cluster: LocalCluster, deployment_id: str) -> list[bytes]:
     client = redis.Redis.from_url(cluster.redis_url)
     try:
-        return sorted(client.scan_iter(match=f"inferq:dn:{{{deployment_id}|*}}:cache*"))
+        return sorted(client.scan_iter(match=keys.dn_prefix(deployment_id, "*") + ":cache*"))
     finally:
         client.close()
 

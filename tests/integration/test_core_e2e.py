@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import redis
 
+from shared import keys
 from tests.cluster import LocalCluster, http, infer, local_cluster, start, upload
 
 pytestmark = pytest.mark.slow
@@ -157,7 +158,7 @@ def test_waiting_requests_share_a_fixed_number_of_connections(cluster: LocalClus
             # a paused worker's pending BLMOVE is still served by Redis: count processing lists too
             while sum(
                 client.llen(k)
-                for pattern in ("inferq:dn:{tiny-emb|*}:queue", "inferq:dn:{tiny-emb|*}:processing:*")
+                for pattern in (keys.queue("tiny-emb", "*"), keys.processing("tiny-emb", "*", "*"))
                 for k in client.scan_iter(match=pattern)
             ) < 60:
                 assert time.monotonic() < deadline
