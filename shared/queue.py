@@ -48,6 +48,7 @@ processing list raises) is unchanged by a hand-over.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -417,6 +418,12 @@ async def _one_async(client: Any, request: Eval | Command) -> Any:
 
 def _batch_sync(client: Any, batch: Batch) -> list[Any]:
     if is_cluster(client):
+        if not batch.ordered and not any(isinstance(r, Eval) for r in batch.requests):
+            # plain commands: redis-py's cluster pipeline groups them by shard, one round trip each
+            pipe = client.pipeline(transaction=False)
+            for request in batch.requests:
+                pipe.execute_command(*request.args)
+            return list(pipe.execute(raise_on_error=False))
         replies: list[Any] = []
         for request in batch.requests:
             if batch.ordered and any(isinstance(r, Exception) for r in replies):
@@ -440,17 +447,23 @@ def _batch_sync(client: Any, batch: Batch) -> list[Any]:
     return list(replies)
 
 
+async def _caught(client: Any, request: Eval | Command) -> Any:
+    try:
+        return await _one_async(client, request)
+    except RedisError as exc:
+        return exc
+
+
 async def _batch_async(client: Any, batch: Batch) -> list[Any]:
     if is_cluster(client):
+        if not batch.ordered:  # each request to its shard, all at once
+            return list(await asyncio.gather(*(_caught(client, r) for r in batch.requests)))
         replies: list[Any] = []
         for request in batch.requests:
-            if batch.ordered and any(isinstance(r, Exception) for r in replies):
+            if any(isinstance(r, Exception) for r in replies):
                 replies.append(NotSent(f"not sent: {next(r for r in replies if isinstance(r, Exception))}"))
                 continue
-            try:
-                replies.append(await _one_async(client, request))
-            except RedisError as exc:
-                replies.append(exc)
+            replies.append(await _caught(client, request))
         return replies
     async with client.pipeline(transaction=False) as pipe:
         for request in batch.requests:
@@ -458,10 +471,7 @@ async def _batch_async(client: Any, batch: Batch) -> list[Any]:
         replies = await pipe.execute(raise_on_error=False)
     for i, (request, reply) in enumerate(zip(batch.requests, replies, strict=True)):
         if isinstance(reply, NoScriptError) and isinstance(request, Eval):
-            try:
-                replies[i] = await client.execute_command(*_eval_args(request))
-            except RedisError as exc:
-                replies[i] = exc
+            replies[i] = await _caught(client, request)
     return list(replies)
 
 
