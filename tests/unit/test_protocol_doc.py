@@ -62,5 +62,23 @@ def test_control_plane_keys_share_one_slot_and_per_node_keys_spread() -> None:
     assert len(spread) == 16
 
 
+def test_only_the_protocol_package_builds_request_path_keys_and_script_calls() -> None:
+    """Queue, processing, stats, cache and reply keys, and script calls, are built in ``shared/``
+    (``shared.queue`` owns them); the gateway, the workers and the composition root call it. The
+    one script outside is the planner lease's release (one control-plane key, ``gateway/lease.py``)."""
+    pattern = re.compile(
+        r"keys\.(queue|bulk_queue|processing|stats|cache_\w+|gateway_replies|dn_\w+)\("
+        r"|evalsha|register_script|(client|redis|pipe)\.eval\("
+    )
+    found = []
+    for package in ("gateway", "workers", "inferq"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                code = re.sub(r"``[^`]*``", "", line.split("#", 1)[0])  # docs name keys, code builds them
+                if pattern.search(code):
+                    found.append(f"{path.relative_to(ROOT)}:{number}")
+    assert [f for f in found if not f.startswith("gateway/lease.py:")] == []
+
+
 if __name__ == "__main__":
     print(scripts_table(), end="")
