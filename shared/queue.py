@@ -29,9 +29,9 @@ Scripts (keys of one ``{dep|node}``: ``queue``/``bulk:queue``, ``processing:<all
 
 Typed calls (``dispatch``, ``take``, ``complete``, ``reply``, ``finish``, ``requeue``,
 ``recover``, ``hand_over``, ``cancel``, ``clear``, ...) are written once, as generators of Redis
-requests (``Eval``, ``Command``, ``Batch``); ``run`` drives one over a sync client and ``arun``
-over an asyncio one, plain or cluster (``Batch``: one pipelined round trip on a plain Redis, the
-commands in order on a cluster, where a pipeline may not carry EVALSHA and spans shards).
+requests (``shared.redis_ops``: ``Eval``, ``Command``, ``Batch``); ``run`` drives one over a sync
+client and ``arun`` over an asyncio one, plain or cluster. The ``Script`` declaration itself
+(field lists, generated prelude and packer) is ``shared.lua``'s.
 
 Replies: ``reply`` RPUSHes onto a gateway's reply list (a slot of its own) and sets its TTL
 (``REPLY_TTL_S``, written here only). ``finish`` sends the replies first and acknowledges
@@ -48,22 +48,24 @@ processing list raises) is unchanged by a hand-over.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import re
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.cluster
-from redis.exceptions import NoScriptError, RedisError
 
 from shared import keys
-from shared.lua import compose
+from shared.lua import Script as Script
+from shared.redis_ops import Batch as Batch
+from shared.redis_ops import Command as Command
+from shared.redis_ops import Eval as Eval
+from shared.redis_ops import NotSent as NotSent
+from shared.redis_ops import Ops as Ops
+from shared.redis_ops import arun as arun
+from shared.redis_ops import call_async as call_async
+from shared.redis_ops import call_sync as call_sync
+from shared.redis_ops import is_cluster as is_cluster
+from shared.redis_ops import run as run
 from shared.wire import InferReply, InferRequest, WireError
 
 REPLY_TTL_S = 120  # a gateway's reply list outlives its last push by this much
@@ -86,107 +88,7 @@ def lane_queue(deployment_id: str, node_id: str, lane: str) -> str:
     return keys.bulk_queue(deployment_id, node_id) if lane == BULK else keys.queue(deployment_id, node_id)
 
 
-# ---- scripts: fields declared once ------------------------------------------------------------
-
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def _bulk_string(value: bytes) -> bytes:
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
-def _arg_bytes(value: str | bytes | int | float) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bool):
-        return b"1" if value else b"0"
-    if isinstance(value, int):
-        return b"%d" % value
-    return repr(float(value)).encode()
-
-
-@dataclass(frozen=True)
-class Script:
-    """A Lua script with its ``KEYS`` and ``ARGV`` named once.
-
-    ``keys``/``argv``: the fixed fields, in order; the body reads each as a Lua local of that
-    name (``KEYS[i]`` / ``ARGV[i]``, strings). ``more_keys``/``more_argv`` describe what may follow
-    them (read as ``KEYS[#keys + 1 ...]`` / ``ARGV[#argv + 1 ...]``; ``first_more_key`` and
-    ``first_more_arg`` are their Lua indexes)."""
-
-    name: str
-    keys: tuple[str, ...]
-    argv: tuple[str, ...]
-    body: str
-    fragments: tuple[str, ...] = ()
-    more_keys: str = ""
-    more_argv: str = ""
-    returns: str = ""
-
-    def __post_init__(self) -> None:
-        names = self.keys + self.argv
-        if len(set(names)) != len(names) or not all(_NAME.match(n) for n in names):
-            raise ValueError(f"{self.name}: field names must be distinct Lua identifiers: {names}")
-
-    @cached_property
-    def prelude(self) -> str:
-        lines = [f"local {n} = KEYS[{i}]" for i, n in enumerate(self.keys, 1)]
-        lines += [f"local {n} = ARGV[{i}]" for i, n in enumerate(self.argv, 1)]
-        lines += [f"local first_more_key, first_more_arg = {len(self.keys) + 1}, {len(self.argv) + 1}"]
-        return "\n".join(lines)
-
-    @cached_property
-    def source(self) -> str:
-        return compose(*self.fragments, body=f"{self.prelude}\n{self.body}")
-
-    @cached_property
-    def sha(self) -> str:
-        return hashlib.sha1(self.source.encode()).hexdigest()
-
-    def call(
-        self,
-        key_values: Sequence[str],
-        arg_values: Sequence[Any],
-        more_keys: Sequence[str] = (),
-        more_args: Sequence[Any] = (),
-    ) -> Eval:
-        """The general encoder: values in field order, checked against the field lists."""
-        if len(key_values) != len(self.keys) or len(arg_values) != len(self.argv):
-            raise ValueError(
-                f"{self.name} takes KEYS {self.keys} and ARGV {self.argv}; "
-                f"got {len(key_values)} keys and {len(arg_values)} arguments"
-            )
-        return Eval(self, (*key_values, *more_keys), (*arg_values, *more_args))
-
-    def head(self, key_values: Sequence[str], more_args: int = 0) -> bytes:
-        """Packed start of an ``EVALSHA`` with these keys, as RESP: ``Packer.pack`` of the ARGV
-        (and ``more_args`` more arguments) completes it."""
-        if len(key_values) != len(self.keys):
-            raise ValueError(f"{self.name} takes KEYS {self.keys}")
-        parts = [b"EVALSHA", self.sha.encode(), b"%d" % len(key_values), *(k.encode() for k in key_values)]
-        return b"*%d\r\n" % (len(parts) + len(self.argv) + more_args) + b"".join(_bulk_string(p) for p in parts)
-
-    @cached_property
-    def packer(self) -> Packer:
-        return Packer(self.argv)
-
-
-class Packer:
-    """The hot-path encoder of a script's ARGV: the values (bytes, in field order) as RESP bulk
-    strings, in one format operation. Derived from the field list, never written by hand: the
-    function is generated from it (one positional parameter per field, no loop per call)."""
-
-    def __init__(self, fields: Sequence[str]) -> None:
-        self.fields = tuple(fields)
-        names = [f"{n}_" for n in self.fields]
-        layout = ", ".join(f"len({n}), {n}" for n in names)
-        source = f"def pack({', '.join(names)}):\n    return FORMAT % ({layout},)\n"
-        namespace: dict[str, Any] = {"FORMAT": b"$%d\r\n%b\r\n" * len(self.fields)}
-        exec(compile(source, f"<packer {'/'.join(self.fields)}>", "exec"), namespace)  # noqa: S102  # generated from the field names only
-        self.pack: Callable[..., bytes] = namespace["pack"]
-
+# ---- the scripts: fields declared once ------------------------------------------------------
 
 DISPATCH = Script(
     "dispatch",
@@ -350,161 +252,6 @@ def cache_keys(deployment_id: str, node_id: str) -> tuple[str, str, str]:
         keys.cache_meta(deployment_id, node_id),
         keys.cache_entries(deployment_id, node_id),
     )
-
-
-# ---- requests and their drivers ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Eval:
-    script: Script
-    keys: tuple[str, ...]
-    args: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Command:
-    args: tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Requests sent in order, in one round trip where the client allows; the reply is the list of
-    their replies, a failed one as its exception. ``ordered``: on a cluster (one shard after the
-    other), a request runs only if those before it succeeded; the rest get ``NotSent``."""
-
-    requests: tuple[Eval | Command, ...]
-    ordered: bool = False
-
-
-class NotSent(RedisError):
-    """A request of an ordered ``Batch`` not sent because one before it failed."""
-
-
-Request = Eval | Command | Batch
-T = TypeVar("T")
-Ops = Generator[Request, Any, T]
-
-
-def is_cluster(client: Any) -> bool:
-    return isinstance(client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster))
-
-
-def _evalsha_args(request: Eval) -> tuple[Any, ...]:
-    return ("EVALSHA", request.script.sha, len(request.keys), *request.keys, *request.args)
-
-
-def _eval_args(request: Eval) -> tuple[Any, ...]:
-    return ("EVAL", request.script.source, len(request.keys), *request.keys, *request.args)
-
-
-def _one_sync(client: Any, request: Eval | Command) -> Any:
-    if isinstance(request, Command):
-        return client.execute_command(*request.args)
-    try:
-        return client.execute_command(*_evalsha_args(request))
-    except NoScriptError:  # a new or restarted Redis: EVAL loads it
-        return client.execute_command(*_eval_args(request))
-
-
-async def _one_async(client: Any, request: Eval | Command) -> Any:
-    if isinstance(request, Command):
-        return await client.execute_command(*request.args)
-    try:
-        return await client.execute_command(*_evalsha_args(request))
-    except NoScriptError:
-        return await client.execute_command(*_eval_args(request))
-
-
-def _batch_sync(client: Any, batch: Batch) -> list[Any]:
-    if is_cluster(client):
-        if not batch.ordered and not any(isinstance(r, Eval) for r in batch.requests):
-            # plain commands: redis-py's cluster pipeline groups them by shard, one round trip each
-            pipe = client.pipeline(transaction=False)
-            for request in batch.requests:
-                pipe.execute_command(*request.args)
-            return list(pipe.execute(raise_on_error=False))
-        replies: list[Any] = []
-        for request in batch.requests:
-            if batch.ordered and any(isinstance(r, Exception) for r in replies):
-                replies.append(NotSent(f"not sent: {next(r for r in replies if isinstance(r, Exception))}"))
-                continue
-            try:
-                replies.append(_one_sync(client, request))
-            except RedisError as exc:
-                replies.append(exc)
-        return replies
-    pipe = client.pipeline(transaction=False)
-    for request in batch.requests:
-        pipe.execute_command(*(_evalsha_args(request) if isinstance(request, Eval) else request.args))
-    replies = pipe.execute(raise_on_error=False)
-    for i, (request, reply) in enumerate(zip(batch.requests, replies, strict=True)):
-        if isinstance(reply, NoScriptError) and isinstance(request, Eval):
-            try:
-                replies[i] = client.execute_command(*_eval_args(request))
-            except RedisError as exc:
-                replies[i] = exc
-    return list(replies)
-
-
-async def _caught(client: Any, request: Eval | Command) -> Any:
-    try:
-        return await _one_async(client, request)
-    except RedisError as exc:
-        return exc
-
-
-async def _batch_async(client: Any, batch: Batch) -> list[Any]:
-    if is_cluster(client):
-        if not batch.ordered:  # each request to its shard, all at once
-            return list(await asyncio.gather(*(_caught(client, r) for r in batch.requests)))
-        replies: list[Any] = []
-        for request in batch.requests:
-            if any(isinstance(r, Exception) for r in replies):
-                replies.append(NotSent(f"not sent: {next(r for r in replies if isinstance(r, Exception))}"))
-                continue
-            replies.append(await _caught(client, request))
-        return replies
-    async with client.pipeline(transaction=False) as pipe:
-        for request in batch.requests:
-            pipe.execute_command(*(_evalsha_args(request) if isinstance(request, Eval) else request.args))
-        replies = await pipe.execute(raise_on_error=False)
-    for i, (request, reply) in enumerate(zip(batch.requests, replies, strict=True)):
-        if isinstance(reply, NoScriptError) and isinstance(request, Eval):
-            replies[i] = await _caught(client, request)
-    return list(replies)
-
-
-def run(client: redis.Redis | redis.cluster.RedisCluster, ops: Ops[T]) -> T:
-    """Drive a typed call over a sync client (plain or cluster)."""
-    reply: Any = None
-    try:
-        while True:
-            request = ops.send(reply)
-            reply = _batch_sync(client, request) if isinstance(request, Batch) else _one_sync(client, request)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-
-
-async def arun(client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster, ops: Ops[T]) -> T:
-    """Drive a typed call over an asyncio client (plain or cluster)."""
-    reply: Any = None
-    try:
-        while True:
-            request = ops.send(reply)
-            reply = await _batch_async(client, request) if isinstance(request, Batch) else await _one_async(client, request)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-
-
-def call_sync(client: Any, request: Eval | Command) -> Any:
-    """One script call or command over a sync client (EVALSHA, loaded on NOSCRIPT)."""
-    return _one_sync(client, request)
-
-
-async def call_async(client: Any, request: Eval | Command) -> Any:
-    """One script call or command over an asyncio client (EVALSHA, loaded on NOSCRIPT)."""
-    return await _one_async(client, request)
 
 
 def _raise_first(replies: Iterable[Any]) -> None:
