@@ -89,23 +89,38 @@ async def _one_async(client: Any, request: Eval | Command) -> Any:
         return await client.execute_command(*_eval_args(request))
 
 
+def _segments(requests: tuple[Eval | Command, ...]) -> list[list[Eval | Command]]:
+    """Runs of plain commands (one cluster pipeline each), and each script call on its own."""
+    segments: list[list[Eval | Command]] = []
+    for request in requests:
+        if isinstance(request, Command) and segments and isinstance(segments[-1][0], Command):
+            segments[-1].append(request)
+        else:
+            segments.append([request])
+    return segments
+
+
+def _not_sent(replies: list[Any], count: int) -> list[Any]:
+    failed = next(r for r in replies if isinstance(r, Exception))
+    return [NotSent(f"not sent: {failed}") for _ in range(count)]
+
+
 def _batch_sync(client: Any, batch: Batch) -> list[Any]:
     if is_cluster(client):
-        if not batch.ordered and not any(isinstance(r, Eval) for r in batch.requests):
-            # plain commands: redis-py's cluster pipeline groups them by shard, one round trip each
-            pipe = client.pipeline(transaction=False)
-            for request in batch.requests:
-                pipe.execute_command(*request.args)
-            return list(pipe.execute(raise_on_error=False))
         replies: list[Any] = []
-        for request in batch.requests:
+        for segment in _segments(batch.requests):
             if batch.ordered and any(isinstance(r, Exception) for r in replies):
-                replies.append(NotSent(f"not sent: {next(r for r in replies if isinstance(r, Exception))}"))
-                continue
-            try:
-                replies.append(_one_sync(client, request))
-            except RedisError as exc:
-                replies.append(exc)
+                replies += _not_sent(replies, len(segment))
+            elif isinstance(segment[0], Command):  # redis-py's cluster pipeline: a round trip per shard
+                pipe = client.pipeline(transaction=False)
+                for request in segment:
+                    pipe.execute_command(*request.args)
+                replies += pipe.execute(raise_on_error=False)
+            else:
+                try:
+                    replies.append(_one_sync(client, segment[0]))
+                except RedisError as exc:
+                    replies.append(exc)
         return replies
     pipe = client.pipeline(transaction=False)
     for request in batch.requests:
@@ -132,11 +147,16 @@ async def _batch_async(client: Any, batch: Batch) -> list[Any]:
         if not batch.ordered:  # each request to its shard, all at once
             return list(await asyncio.gather(*(_caught(client, r) for r in batch.requests)))
         replies: list[Any] = []
-        for request in batch.requests:
+        for segment in _segments(batch.requests):
             if any(isinstance(r, Exception) for r in replies):
-                replies.append(NotSent(f"not sent: {next(r for r in replies if isinstance(r, Exception))}"))
-                continue
-            replies.append(await _caught(client, request))
+                replies += _not_sent(replies, len(segment))
+            elif isinstance(segment[0], Command):
+                async with client.pipeline() as pipe:
+                    for request in segment:
+                        pipe.execute_command(*request.args)
+                    replies += await pipe.execute(raise_on_error=False)
+            else:
+                replies.append(await _caught(client, segment[0]))
         return replies
     async with client.pipeline(transaction=False) as pipe:
         for request in batch.requests:

@@ -1,0 +1,120 @@
+"""``shared.queue``'s typed calls on a real 3-master Redis Cluster (sync and asyncio cluster
+clients): every script runs on its one shard, the reply/acknowledgement split works across
+shards, the hand-over moves a queue between slots, the cache is reached through the scripts and
+drop leaves no key on any master.
+
+The cluster here is the smallest that shows it (three masters, no replicas); the end-to-end
+cluster suite uses the shared cluster fixture."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+import redis
+import redis.asyncio.cluster
+import redis.cluster
+
+from shared import keys, queue
+from shared.wire import InferReply, InferRequest
+from tests.cache_driver import AsyncCache, SyncCache
+from tests.redis_server import redis_server_process
+
+DEP = "dep-1"
+
+
+@pytest.fixture(scope="module")
+def cluster_port() -> Iterator[int]:
+    if shutil.which("redis-cli") is None:
+        pytest.skip("redis-cli is not on PATH")
+    with ExitStack() as stack:
+        urls = [stack.enter_context(redis_server_process(["--cluster-enabled", "yes"]))[0] for _ in range(3)]
+        hosts = [url.removeprefix("redis://").removesuffix("/0") for url in urls]
+        subprocess.run(["redis-cli", "--cluster", "create", *hosts, "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)  # fmt: skip
+        port = int(hosts[0].rsplit(":", 1)[1])
+        client = redis.cluster.RedisCluster(host="127.0.0.1", port=port)
+        deadline = 100
+        while client.cluster_info().get("cluster_state") != "ok" and deadline:
+            deadline -= 1
+            time.sleep(0.1)
+        client.close()
+        yield port
+
+
+@pytest.fixture
+def client(cluster_port: int) -> Iterator[redis.cluster.RedisCluster]:
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster_port)
+    client.flushall()
+    yield client
+    client.close()
+
+
+def request(request_id: str) -> bytes:
+    return InferRequest(request_id, keys.gateway_replies("g1"), DEP, "t", {}, 10**13, 1).pack()
+
+
+def test_the_request_path_on_a_cluster(client: redis.cluster.RedisCluster) -> None:
+    assert queue.is_cluster(client)
+    queued = queue.run(client, queue.dispatch(DEP, "n1", digest="d" * 32, payload=request("r1"), capacity=10, now_ms=1))
+    assert queued.code == queue.DISPATCH_QUEUED
+    queue.run(client, queue.index_allocation(DEP, "n1", "a0"))
+    taken = queue.run(client, queue.take(DEP, "n1", "a0", queue.TakeArgs(8), wait_s=0.1))
+    assert len(taken.items) == 1
+    completion = queue.Completion(10_000, "lfu", 2, 0, 1, 1.0, 0, cache_pairs=("d" * 32, b'{"x":1}'))
+    replies = [(keys.gateway_replies("g1"), InferReply("r1", "n1", result_json=b"{}").pack())]
+    assert queue.run(client, queue.finish(DEP, "n1", "a0", replies, completion)) == []
+    assert 0 < client.ttl(keys.gateway_replies("g1")) <= queue.REPLY_TTL_S
+    assert not client.exists(keys.processing(DEP, "n1", "a0"))
+    hit = queue.run(client, queue.dispatch(DEP, "n1", digest="d" * 32, payload=request("r2"), capacity=10, now_ms=3))
+    assert (hit.code, hit.value) == (queue.DISPATCH_HIT, b'{"x":1}')
+    assert queue.run(client, queue.samples(DEP, ["n1"]))["n1"].stats[b"cache_hit_count"] == b"1"
+
+
+def test_hand_over_cancel_and_drop_across_shards(client: redis.cluster.RedisCluster) -> None:
+    source, target = keys.queue(DEP, "dead"), keys.queue(DEP, "n1")
+    assert client.keyslot(source) != client.keyslot(target)
+    for i in range(300):
+        client.lpush(source, request(f"r{i:03d}"))
+    assert queue.run(client, queue.hand_over(DEP, "dead", "n1")) == 300
+    assert not client.exists(source) and client.llen(target) == 300
+    error = {"status": 409, "type": "status_exception", "reason": "stopping"}
+    assert queue.run(client, queue.cancel(DEP, "n1", error)) == 300
+    assert client.llen(keys.gateway_replies("g1")) == 300
+    cache = SyncCache(client, DEP, "n1", budget_bytes=100_000)
+    assert cache.put("e" * 32, b"v" * 100) and cache.get("e" * 32) == b"v" * 100
+    queue.run(client, queue.index_allocation(DEP, "n1", "a0"))
+    queue.run(client, queue.drop(DEP, "n1"))
+    left = [k for node in client.get_primaries() for k in client.keys(target_nodes=node) if b"{dep-1|n1}" in k]
+    assert left == []
+
+
+def test_the_asyncio_cluster_client(cluster_port: int) -> None:
+    async def scenario() -> None:
+        client = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=cluster_port)
+        try:
+            cache = AsyncCache(client, DEP, "n2", budget_bytes=100_000)
+            assert await cache.put("f" * 32, b"w" * 50) and await cache.get("f" * 32) == b"w" * 50
+            await client.rpush(keys.processing(DEP, "n2", "a0"), request("x"))
+            completion = queue.Completion(10_000, "lfu", 2, 0, 1, 1.0, 0)
+            replies = [(keys.gateway_replies("g7"), b"x"), (keys.gateway_replies("g8"), b"y")]
+            assert await queue.arun(client, queue.finish(DEP, "n2", "a0", replies, completion)) == []
+            assert not await client.exists(keys.processing(DEP, "n2", "a0"))
+            pairs = [(DEP, "n2"), (DEP, "n3")]
+            figures = await queue.arun(client, _figures(pairs))
+            assert len(figures) == 2
+            assert await queue.arun(client, queue.cache_meta(pairs, ("entries",))) == [[b"1"], [None]]
+        finally:
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def _figures(pairs: list[tuple[str, str]]) -> queue.Ops[list[bytes]]:
+    names = yield queue.Batch(tuple(queue.allocations_command(d, n) for d, n in pairs))
+    return (yield queue.Batch(tuple(queue.figures_call(d, n, a) for (d, n), a in zip(pairs, names, strict=True))))
