@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 
 import pytest
 import redis
@@ -23,28 +24,71 @@ import redis.cluster
 from shared import keys, queue
 from shared.wire import InferReply, InferRequest
 from tests.cache_driver import AsyncCache, SyncCache
-from tests.redis_server import redis_server_process
+from tests.redis_server import free_port
 
 DEP = "dep-1"
 
 
+def cluster_ports() -> list[int]:
+    """Three free ports whose cluster bus ports (port + 10000) are free too."""
+    ports: list[int] = []
+    while len(ports) < 3:
+        port = free_port()
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
 @pytest.fixture(scope="module")
 def cluster_port() -> Iterator[int]:
-    if shutil.which("redis-cli") is None:
-        pytest.skip("redis-cli is not on PATH")
-    with ExitStack() as stack:
-        urls = [stack.enter_context(redis_server_process(["--cluster-enabled", "yes"]))[0] for _ in range(3)]
-        hosts = [url.removeprefix("redis://").removesuffix("/0") for url in urls]
-        subprocess.run(["redis-cli", "--cluster", "create", *hosts, "--cluster-replicas", "0", "--cluster-yes"],
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        pytest.skip("redis-server and redis-cli are not on PATH")
+    workdir = tempfile.mkdtemp(prefix="inferq-cluster-")
+    ports = cluster_ports()
+    procs = [
+        subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                          "--cluster-config-file", f"nodes-{port}.conf", "--save", "", "--appendonly", "no",
+                          "--dir", workdir, "--loglevel", "warning"], stdout=subprocess.DEVNULL)
+        for port in ports
+    ]  # fmt: skip
+    try:
+        for port in ports:
+            wait_ping(port)
+        hosts = [f"127.0.0.1:{port}" for port in ports]
+        subprocess.run([cli, "--cluster", "create", *hosts, "--cluster-replicas", "0", "--cluster-yes"],
                        check=True, capture_output=True, timeout=60)  # fmt: skip
-        port = int(hosts[0].rsplit(":", 1)[1])
-        client = redis.cluster.RedisCluster(host="127.0.0.1", port=port)
-        deadline = 100
-        while client.cluster_info().get("cluster_state") != "ok" and deadline:
-            deadline -= 1
+        deadline = time.monotonic() + 20
+        while not all(redis.Redis(port=p).cluster("INFO").get("cluster_state") == "ok" for p in ports):
+            assert time.monotonic() < deadline, "the cluster did not converge"
             time.sleep(0.1)
-        client.close()
-        yield port
+        yield ports[0]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def wait_ping(port: int) -> None:
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        finally:
+            client.close()
 
 
 @pytest.fixture
