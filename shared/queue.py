@@ -617,12 +617,17 @@ def cache_meta(pairs: Sequence[tuple[str, str]], fields: Sequence[str] = CACHE_M
 
 
 def in_flight(deployment_id: str, nodes: Sequence[str]) -> Ops[dict[str, int]]:
-    """Items held in the allocations' processing lists, per node."""
-    by_node: dict[str, list[str]] = {}
-    for node in nodes:
-        by_node[node] = [keys.processing(deployment_id, node, a) for a in (yield from allocations(deployment_id, node))]
-    lists = [(node, key) for node, names in by_node.items() for key in names]
+    """Items held in the allocations' processing lists, per node (two round trips)."""
     counts = {node: 0 for node in nodes}
+    if not nodes:
+        return counts
+    names = yield Batch(tuple(allocations_command(deployment_id, node) for node in nodes))
+    _raise_first(names)
+    lists = [
+        (node, keys.processing(deployment_id, node, _bytes(a).decode()))
+        for node, allocation_names in zip(nodes, names, strict=True)
+        for a in sorted(allocation_names)
+    ]
     if lists:
         replies = yield Batch(tuple(Command(("LLEN", key)) for _, key in lists))
         _raise_first(replies)
