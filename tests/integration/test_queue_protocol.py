@@ -98,3 +98,16 @@ def test_recover_counts_a_delivery_and_requeue_does_not(redis_client: redis.Redi
     assert [InferRequest.unpack(i).deliveries for i in taken.interactive] == [1]
     assert queue.run(redis_client, queue.requeue(DEP, "n2", "a0")) == 1
     assert InferRequest.unpack(redis_client.lindex(keys.queue(DEP, "n2"), 0)).deliveries == 1
+
+
+def test_readers_count_queued_and_in_flight_requests(redis_client: redis.Redis) -> None:
+    for node, allocation, held in (("n1", "a0", 2), ("n1", "a1", 1), ("n2", "a0", 0)):
+        queue.run(redis_client, queue.index_allocation(DEP, node, allocation))
+        for i in range(held):
+            redis_client.rpush(keys.processing(DEP, node, allocation), request(f"{node}{allocation}{i}"))
+    redis_client.lpush(keys.queue(DEP, "n1"), request("q1"))
+    redis_client.lpush(keys.bulk_queue(DEP, "n1"), request("b1"), request("b2"))
+    assert queue.run(redis_client, queue.in_flight(DEP, ["n1", "n2", "n3"])) == {"n1": 3, "n2": 0, "n3": 0}
+    assert queue.run(redis_client, queue.queued(DEP, "n1")) == 3
+    samples = queue.run(redis_client, queue.samples(DEP, ["n1", "n2"]))
+    assert (samples["n1"].queued, samples["n2"].queued) == (3, 0)
