@@ -13,9 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-import redis.asyncio
-
 from shared import keys, queue
 from shared.cache import CacheStats, Policy, parse_meta
 
@@ -107,7 +104,7 @@ class SyncCache(_Base):
 
 
 class AsyncCache(_Base):
-    def __init__(self, client: redis.asyncio.Redis, deployment_id: str, node_id: str, **kwargs: Any) -> None:
+    def __init__(self, client: Any, deployment_id: str, node_id: str, **kwargs: Any) -> None:
         super().__init__(deployment_id, node_id, **kwargs)
         self.redis = client
 
@@ -125,7 +122,3 @@ class AsyncCache(_Base):
 
     async def footprint(self) -> CacheFootprint:
         return await queue.arun(self.redis, self._footprint())
-
-
-def sync_client_of(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
