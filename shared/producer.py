@@ -38,14 +38,16 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, ClusterDownError, NoScriptError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys, queue, task_config
 from shared.cache import DigestPrefix
 from shared.cluster_view import DeploymentView, ViewWatcher
 from shared.errors import Conflict, InferqError, NotFound, QueueFull, RequestTimeout
 from shared.queue import DISPATCH, DISPATCH_FULL, DISPATCH_HIT, INTERACTIVE, LANES, Script
-from shared.redis_conn import as_bytes, async_client, exchange, exchange_connection, pack_args
+from shared.redis_conn import as_bytes, async_client, exchange, exchange_connection, pack_args, pack_command
 from shared.routing import rank_nodes
 from shared.units import format_time_ms
 from shared.wire import InferReply, RequestTemplate, WireError
@@ -110,11 +112,23 @@ class ScriptPipeline:
     are sent again, so none runs twice. A failed exchange fails every call of its batch.
     """
 
-    def __init__(self, client: aioredis.Redis, script: Script) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        script: Script,
+        connect: Callable[[], AbstractConnection] | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        """``connect``: the connection to send on (default: one made with ``client``'s settings;
+        a Redis Cluster's producer passes one per shard); ``timeout_s``: the bound of one round
+        trip (default: the client's socket timeout)."""
         self.client = client
         self.spec = script
         self.script = script.source
         self.sha = script.sha
+        self._connect = connect or (lambda: exchange_connection(client))
+        pool = getattr(client, "connection_pool", None)  # a cluster client has none: it passes connect
+        self._timeout_s = timeout_s if connect is not None or pool is None else pool.connection_kwargs.get("socket_timeout")
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._connection: AbstractConnection | None = None
@@ -171,8 +185,8 @@ class ScriptPipeline:
     async def _run(self, commands: Sequence[bytes]) -> list[Any]:
         replies = await self._exchange(commands)
         refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-        if refused:
-            await self.client.script_load(self.script)
+        if refused:  # loaded on the connection that was refused (a cluster's shard, too)
+            await self._exchange([pack_command(("SCRIPT", "LOAD", self.script))])
             again = await self._exchange([commands[i] for i in refused])
             for i, reply in zip(refused, again, strict=True):
                 replies[i] = reply
@@ -181,8 +195,8 @@ class ScriptPipeline:
     async def _exchange(self, commands: Sequence[bytes]) -> list[Any]:
         connection = self._connection
         if connection is None:
-            connection = self._connection = exchange_connection(self.client)
-        timeout_s = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+            connection = self._connection = self._connect()
+        timeout_s = self._timeout_s
         payload = commands[0] if len(commands) == 1 else b"".join(commands)
         replies: list[Any] = await connection.retry.call_with_retry(
             lambda: exchange(connection, payload, len(commands), timeout_s),
@@ -212,7 +226,8 @@ class Producer:
         self.cache_timeout_s = cache_timeout_s
         self.cache_affinity = cache_affinity
         self._dispatch = ScriptPipeline(client, DISPATCH)
-        self._cluster = queue.is_cluster(client)  # each call routed by the client to its shard
+        self._cluster = queue.is_cluster(client)  # then one ScriptPipeline per shard (_shard)
+        self._shards: dict[str, ScriptPipeline] = {}
         self._request_ids = request_ids()
         self._default_plans: dict[tuple[str, str, str], _Plan] = {}
         self._heads: dict[tuple[str, str, str], bytes] = {}
@@ -240,6 +255,8 @@ class Producer:
         await self.close()
 
     async def start(self) -> None:
+        if self._cluster:
+            await self.redis.initialize()  # type: ignore[attr-defined]  # the slot table _shard reads
         await self.watcher.start()
         self._reply_task = asyncio.create_task(self._read_replies())
 
@@ -251,6 +268,8 @@ class Producer:
                 await self._reply_task
         await self.watcher.close()
         await self._dispatch.close()
+        for shard in self._shards.values():
+            await shard.close()
         for future in self._waiting.values():
             if not future.done():
                 future.cancel()
@@ -440,18 +459,38 @@ class Producer:
         futures: list[asyncio.Future[Any]] = []
         for i, node in zip(pending, nodes, strict=True):
             last = attempt == len(rankings[i]) - 1
+            command = self._head(view.deployment_id, node, lane) + queue.dispatch_argv(
+                digests[i], policy, now, view.start_ms(node), capacity, payloads[i], last and count_rejection
+            )
             if self._cluster:
                 values = queue.dispatch_values(
                     digests[i], policy, now, view.start_ms(node), capacity, payloads[i], last and count_rejection
                 )
                 call = DISPATCH.call(queue.dispatch_keys(view.deployment_id, node, lane), values)
-                futures.append(asyncio.ensure_future(queue.call_async(self.redis, call)))
+                futures.append(asyncio.ensure_future(self._dispatch_on_shard(command, call)))
                 continue
-            command = self._head(view.deployment_id, node, lane) + queue.dispatch_argv(
-                digests[i], policy, now, view.start_ms(node), capacity, payloads[i], last and count_rejection
-            )
             futures.append(self._dispatch.submit_packed(command))
         return nodes, futures
+
+    async def _dispatch_on_shard(self, command: bytes, call: queue.Eval) -> Any:
+        """On a Redis Cluster: the call pipelined with the others bound to its shard; when the
+        shard answers with a redirect (a resharding, a failover) or is unreachable, the call goes
+        through the cluster client, which follows the redirect and refreshes its slot table."""
+        try:
+            return await self._shard(call.keys[0]).submit_packed(command)
+        except (AskError, TryAgainError, ClusterDownError, RedisConnectionError, RedisTimeoutError):
+            return await queue.call_async(self.redis, call)
+
+    def _shard(self, key: str) -> ScriptPipeline:
+        node: Any = self.redis.get_node_from_key(key)  # type: ignore[attr-defined]  # a cluster client here
+        pipeline = self._shards.get(node.name)
+        if pipeline is None:
+            kwargs = {**node.connection_kwargs, "socket_timeout": None}
+            timeout_s = node.connection_kwargs.get("socket_timeout")
+            pipeline = self._shards[node.name] = ScriptPipeline(
+                self.redis, DISPATCH, connect=lambda: node.connection_class(**kwargs), timeout_s=timeout_s
+            )
+        return pipeline
 
     def _head(self, deployment_id: str, node: str, lane: str = INTERACTIVE) -> bytes:
         """The packed start of ``DISPATCH`` on one (deployment, node, lane), made once."""

@@ -9,10 +9,12 @@ cluster suite uses the shared cluster fixture."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -162,3 +164,63 @@ def test_the_asyncio_cluster_client(cluster_port: int) -> None:
 def _figures(pairs: list[tuple[str, str]]) -> queue.Ops[list[bytes]]:
     names = yield queue.Batch(tuple(queue.allocations_command(d, n) for d, n in pairs))
     return (yield queue.Batch(tuple(queue.figures_call(d, n, a) for (d, n), a in zip(pairs, names, strict=True))))
+
+
+def test_the_producer_on_a_cluster_pipelines_per_shard(cluster_port: int, client: redis.cluster.RedisCluster) -> None:
+    """Two deployments' queues on different shards: the producer's DISPATCH calls go pipelined on
+    one connection per shard; a worker (typed calls) answers; then the results are cache hits."""
+    from benchmarks.scrape_cost import deployment_doc
+    from shared.deployment_store import RouteStatus
+    from shared.producer import Producer
+
+    now = int(time.time() * 1000)
+    deployments = ["dep-a", "dep-b"]
+    for deployment_id in deployments:
+        doc = deployment_doc(deployment_id, ["n1"], now) | {
+            "model_sha256": "ab" * 32, "inference_config": {"text_embedding": {}}, "field_names": ["text_field"],
+        }  # fmt: skip
+        client.set(keys.deployment(deployment_id), json.dumps(doc))
+        client.sadd(keys.DEPLOYMENTS, deployment_id)
+        client.hset(keys.routes(deployment_id), "n1", RouteStatus("started", 1, "", now, 1).to_json())
+    assert client.keyslot(keys.queue("dep-a", "n1")) != client.keyslot(keys.queue("dep-b", "n1"))
+    stop = threading.Event()
+
+    def worker() -> None:
+        own = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster_port)
+        while not stop.is_set():
+            for deployment_id in deployments:
+                taken = queue.run(own, queue.take(deployment_id, "n1", "a0", queue.TakeArgs(64), wait_s=0.01))
+                requests = [InferRequest.unpack(raw) for raw in taken.items]
+                results = [(r, json.dumps({"predicted_value": [len(r.text)]}).encode()) for r in requests]
+                replies = [(r.reply_to, InferReply(r.id, "n1", result_json=body).pack()) for r, body in results]
+                pairs = [x for r, body in results for x in (r.digest, body)]
+                completion = queue.Completion(1 << 20, "lfu", int(time.time() * 1000), now, len(results), 1.0, 0,
+                                              cache_pairs=pairs)  # fmt: skip
+                queue.run(own, queue.finish(deployment_id, "n1", "a0", replies, completion))
+        own.close()
+
+    async def scenario() -> None:
+        async_client = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=cluster_port)
+        blocking = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=cluster_port, socket_timeout=None)
+        producer = Producer(async_client, blocking)
+        await producer.start()
+        try:
+            docs = [{"text_field": "x" * i} for i in range(1, 21)]
+            for cache_hit in (False, True):
+                results = await asyncio.gather(*(producer.infer(d, docs, timeout_ms=20_000) for d in deployments))
+                for found in results:
+                    assert [r.result()["predicted_value"] for r in found] == [[i] for i in range(1, 21)]
+                    assert {r.cache_hit for r in found} == {cache_hit}
+            assert len(producer._shards) == 2  # one pipelined connection per shard in use
+        finally:
+            await producer.close()
+            await async_client.aclose()
+            await blocking.aclose()
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop.set()
+        thread.join(timeout=10)
