@@ -17,7 +17,8 @@ Calls are packed by ``shared.queue`` (``dispatch_head``/``dispatch_argv``, deriv
 ``DISPATCH``'s field lists); the constant parts are packed once: the start of the EVALSHA per
 (deployment, node, lane), the message's shared fields and the digest's hashed prefix per plan
 (``_Plan``: the deployment's resolved config when a request has no ``inference_config``). On a
-Redis Cluster each call goes on its own (the client routes it to its shard).
+Redis Cluster there is one ``ScriptPipeline`` per shard (its own connection to that master); a
+redirect (resharding, failover) sends the call through the cluster client instead.
 
 Keys touched: through ``shared.queue`` only (the ``{dep|node}`` queue, stats and cache keys;
 the producer's reply list ``keys.gateway_replies``).
