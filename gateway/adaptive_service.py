@@ -171,7 +171,7 @@ class AdaptiveService:
             if standby is not None:
                 updated["standby_node"] = standby
         others = [d for d in await self.control.deployments.all() if d["deployment_id"] != deployment_id]
-        result = await self.control._plan_with(others + [updated])
+        result = await self.control.plan_with(others + [updated])
         targets = result.allocations.get(deployment_id, {})
         placed = sum(targets.values())
         if 0 < placed < allocations:
@@ -181,7 +181,7 @@ class AdaptiveService:
         if placed > 0 and old_standby not in targets:
             updated["standby_node"] = standby_for(updated | {"targets": targets}, live)
         docs = others + [updated]
-        await self.control._apply(docs, result, await self.control._cache_plan(docs, result))
+        await self.control.apply_plan(docs, result)
         if placed > 0 and isinstance(old_standby, str) and old_standby not in targets:
             heir = updated.get("standby_node")
             if isinstance(heir, str):  # requests that waited on the old standby node go along

@@ -188,7 +188,7 @@ class ControlPlane:
                     f"[{MAX_DEPLOYMENTS}]"
                 )
             others = await self.deployments.all()
-            result = await self._plan_with(others + [doc])
+            result = await self.plan_with(others + [doc])
             placed = sum(result.allocations.get(params.deployment_id, {}).values())
             if placed == 0:
                 reason = result.reasons.get(params.deployment_id, "No ML nodes exist in the cluster")
@@ -289,14 +289,14 @@ class ControlPlane:
             assert number_of_allocations is not None
             updated["task_parameters"]["number_of_allocations"] = number_of_allocations
             others = [d for d in await self.deployments.all() if d["deployment_id"] != deployment_id]
-            result = await self._plan_with(others + [updated])
+            result = await self.plan_with(others + [updated])
             placed = sum(result.allocations.get(deployment_id, {}).values())
             if placed < number_of_allocations:
                 raise TooManyRequests(
                     "Could not update deployment because there are not enough resources to provide all "
                     "requested allocations"
                 )
-            await self._apply(others + [updated], result, await self._cache_plan(others + [updated], result))
+            await self.apply_plan(others + [updated], result)
         return render_assignment(updated | {"targets": result.allocations.get(deployment_id, {})}, routes)
 
     # ---- stop --------------------------------------------------------------------------------
@@ -344,7 +344,8 @@ class ControlPlane:
 
     # ---- planning ----------------------------------------------------------------------------
 
-    async def _plan_with(self, docs: list[dict[str, Any]]) -> Plan:
+    async def plan_with(self, docs: list[dict[str, Any]]) -> Plan:
+        """The planner's placement of ``docs`` on the live nodes (pure ``gateway.planner``)."""
         nodes = await node_registry.live_nodes(self.redis)
         live = {n.node_id for n in nodes}
         capacities = [NodeCapacity(n.node_id, n.processors, n.memory_bytes) for n in nodes]
@@ -366,6 +367,11 @@ class ControlPlane:
             if d.get("assignment_state") != "stopping"
         ]
         return CachePlan(capacity, demands, plan_cache_budgets(capacity, demands))
+
+    async def apply_plan(self, docs: list[dict[str, Any]], result: Plan) -> bool:
+        """Write ``result`` and the cache budgets it implies into the documents that changed (the
+        caller holds the lease). Returns whether any did."""
+        return await self._apply(docs, result, await self._cache_plan(docs, result))
 
     async def _apply(self, docs: list[dict[str, Any]], result: Plan, caches: CachePlan) -> bool:
         """Write the plan's targets and cache budgets into the documents that changed. Returns
@@ -423,8 +429,8 @@ class ControlPlane:
         docs = await self.deployments.all()
         for doc in docs:
             doc["_stored"] = True
-        result = await self._plan_with(docs)
-        changed = await self._apply(docs, result, await self._cache_plan(docs, result))
+        result = await self.plan_with(docs)
+        changed = await self.apply_plan(docs, result)
         await self._reap_dead_nodes()
         await self._finish_orphaned_stops(docs)
         await self._hand_over_stalled(docs)
