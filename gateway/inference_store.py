@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from shared import keys
 from shared.errors import ResourceAlreadyExists
+from shared.pubsub import publish
 from shared.redis_conn import text
 
 
@@ -83,7 +84,7 @@ class AliasStore:
             else:
                 pipe.hset(keys.MODEL_ALIASES, alias, model_id)
             pipe.incr(keys.STATE_VERSION)
-            pipe.publish(keys.EVENTS, b"alias")
+            publish(pipe, keys.EVENTS, b"alias")
             written, _, _ = await pipe.execute()
         return bool(written) or not only_new
 
@@ -93,7 +94,7 @@ class AliasStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hdel(keys.MODEL_ALIASES, *aliases)
             pipe.incr(keys.STATE_VERSION)
-            pipe.publish(keys.EVENTS, b"alias")
+            publish(pipe, keys.EVENTS, b"alias")
             await pipe.execute()
 
 

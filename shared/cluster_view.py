@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from shared import keys
 from shared.deployment_store import RouteStatus
 from shared.node_registry import suspect_nodes
+from shared.pubsub import Subscription
 from shared.redis_conn import text
 
 log = logging.getLogger(__name__)
@@ -165,17 +166,13 @@ class ViewWatcher:
     async def _listen(self) -> None:
         while not self._stopping:
             try:
-                pubsub = self.pubsub_client.pubsub()
-                await pubsub.subscribe(keys.EVENTS)
-                try:
+                async with Subscription(self.pubsub_client, keys.EVENTS) as events:
                     while not self._stopping:
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        message = await events.get(timeout_s=1.0)
                         if message is not None:
                             self._changed.set()
-                            if message.get("data") == b"node":
+                            if message == b"node":
                                 self.node_events.set()
-                finally:
-                    await pubsub.aclose()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: retry, the periodic reload covers the gap

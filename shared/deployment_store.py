@@ -20,6 +20,7 @@ import redis
 import redis.asyncio as aioredis
 
 from shared import keys
+from shared.pubsub import publish
 from shared.redis_conn import text
 
 ROUTING_STATES = ("starting", "started", "stopping", "stopped", "failed")
@@ -94,7 +95,7 @@ class DeploymentStore:
     async def bump(self) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.incr(keys.STATE_VERSION)
-            pipe.publish(keys.EVENTS, b"changed")
+            publish(pipe, keys.EVENTS, b"changed")
             await pipe.execute()
 
 
@@ -118,7 +119,7 @@ class SyncDeploymentStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(keys.routes(deployment_id), node_id, status.to_json())
         pipe.incr(keys.STATE_VERSION)
-        pipe.publish(keys.EVENTS, b"route")
+        publish(pipe, keys.EVENTS, b"route")
         pipe.execute()
 
     def own_routes(self, deployment_ids: list[str], node_id: str) -> dict[str, RouteStatus | None]:
@@ -133,5 +134,5 @@ class SyncDeploymentStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hdel(keys.routes(deployment_id), node_id)
         pipe.incr(keys.STATE_VERSION)
-        pipe.publish(keys.EVENTS, b"route")
+        publish(pipe, keys.EVENTS, b"route")
         pipe.execute()

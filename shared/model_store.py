@@ -155,14 +155,17 @@ class ModelStore:
         return bool(await self.redis.exists(keys.model_vocabulary(model_id)))
 
     async def delete(self, model_id: str) -> None:
+        """Every key of the model in one ``UNLINK`` (they share its hash tag; the parts are
+        those the ``parts`` hash names, no SCAN), then its ``inferq:models`` entry: a delete
+        cut short leaves a listed model to delete again, never parts nobody can find. Each call
+        is awaited on its own: on a cluster pipeline a multi-key ``unlink`` is a coroutine,
+        not a queued command, and parts were once left behind unsent."""
         status = await self.definition_status(model_id)
         parts = set(status.parts) | set(range(status.total_parts)) if status is not None else set()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for part in sorted(parts):
-                pipe.unlink(keys.model_part(model_id, part))
-            pipe.unlink(keys.model_parts_meta(model_id), keys.model_vocabulary(model_id), keys.model_config(model_id))
-            pipe.srem(keys.MODELS, model_id)
-            await pipe.execute()
+        model_keys = [keys.model_part(model_id, part) for part in sorted(parts)]
+        model_keys += [keys.model_parts_meta(model_id), keys.model_vocabulary(model_id), keys.model_config(model_id)]
+        await self.redis.unlink(*model_keys)
+        await self.redis.srem(keys.MODELS, model_id)
 
 
 def _verdict(data: bytes) -> tuple[str, str]:

@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aioredis
 
 from shared import keys
+from shared.pubsub import publish
 from shared.redis_conn import text
 
 
@@ -69,7 +70,7 @@ def register(
     pipe.sadd(keys.NODES, node_id)
     pipe.set(keys.node_heartbeat(node_id), Beat(info.started_ms, int(ttl_s * 1000)).encode(), px=int(ttl_s * 1000))
     pipe.incr(keys.STATE_VERSION)
-    pipe.publish(keys.EVENTS, b"node")
+    publish(pipe, keys.EVENTS, b"node")
     pipe.execute()
     return info
 
@@ -124,7 +125,7 @@ def deregister(client: redis.Redis, node_id: str) -> None:
     pipe = client.pipeline(transaction=True)
     pipe.delete(keys.node_heartbeat(node_id))
     pipe.incr(keys.STATE_VERSION)
-    pipe.publish(keys.EVENTS, b"node")
+    publish(pipe, keys.EVENTS, b"node")
     pipe.execute()
 
 

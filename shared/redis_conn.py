@@ -1,7 +1,22 @@
-"""Redis connection factories.
+"""Redis connection factories, for a plain Redis and for a Redis Cluster.
+
+A URL ``redis://`` / ``rediss://`` / ``unix://`` is one Redis; ``redis+cluster://`` /
+``rediss+cluster://`` is a Redis Cluster: ``redis+cluster://[user:password@]host:port[,host:port...]``
+names one or more of its nodes (any node: the rest are found with ``CLUSTER SLOTS``; more
+than one lets a process start while one of them is down). The factories return redis-py's
+cluster clients for those (``redis.asyncio.cluster.RedisCluster`` / ``redis.cluster.RedisCluster``),
+typed as the plain client: they offer the same commands, and route each to the master that
+owns its key's slot (blocking reads too: ``BLPOP``/``BLMOVE`` go to the shard of their key).
+What only works on one connection (``exchange``, pub/sub) is made shard-aware here
+(``ShardExchange``) and in ``shared.pubsub``.
 
 redis-py >= 8 defaults to ``socket_timeout=5``, which breaks blocking reads longer than
 5 s; connections that block (BLPOP, BLMOVE) are made with ``socket_timeout=None``.
+
+Failover (a cluster master dies and its replica takes over): a command that meets the dead
+master is retried ``CLUSTER_RETRIES`` times, re-reading the slot map between tries, then
+raises (``ConnectionError``, ``ClusterDownError``...; every one a ``redis.RedisError``): callers
+see errors for about the cluster's ``cluster-node-timeout`` plus the promotion, never a hang.
 
 ``pack_command`` / ``exchange``: commands packed by hand and pipelined on one connection, for
 the request path, where redis-py's pipeline object costs more CPU than the round trip.
@@ -11,34 +26,155 @@ from __future__ import annotations
 
 import asyncio
 import math
+import urllib.parse
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster as synccluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import AskError, ClusterError, MovedError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+CLUSTER_RETRIES = 3  # a command meeting a failed shard is tried this many more times
+SOCKET_TIMEOUT_S = 10.0  # non-blocking clients: one command's reply
+CONNECT_TIMEOUT_S = 5.0
+
+
+class RedisUrlError(ValueError):
+    """A Redis URL inferq cannot use (the message says why)."""
+
+
+@dataclass(frozen=True)
+class ClusterUrl:
+    """A ``redis+cluster://`` URL taken apart: the startup nodes and a plain URL redis-py takes
+    (the first node, with the credentials, TLS and query options of the whole URL)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    plain_url: str
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str) -> ClusterUrl:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in CLUSTER_SCHEMES:
+        raise RedisUrlError(f"not a Redis Cluster URL (redis+cluster:// or rediss+cluster://): {redact_url(url)}")
+    netloc, slash, tail = rest.partition("/")
+    auth, at, hosts = netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        parsed = urllib.parse.urlsplit(f"//{item}")
+        if not parsed.hostname:
+            raise RedisUrlError(f"a Redis Cluster URL names host:port of its nodes: {redact_url(url)}")
+        nodes.append((parsed.hostname, parsed.port or 6379))
+    path = tail.split("?", 1)[0]
+    if path not in ("", "0"):
+        raise RedisUrlError(f"a Redis Cluster has database 0 only, not /{path}: {redact_url(url)}")
+    host, port = nodes[0]
+    host_text = f"[{host}]" if ":" in host else host
+    plain = f"{CLUSTER_SCHEMES[scheme.lower()]}://{auth}{at}{host_text}:{port}{slash}{tail}"
+    return ClusterUrl(tuple(nodes), plain)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    scheme, sep, rest = url.partition("://")
+    auth, at, after = rest.partition("@")
+    if not at:
+        return url
+    user = auth.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{after}" if ":" in auth else f"{scheme}{sep}{user}@{after}"
+
+
+def is_cluster(client: object) -> bool:
+    """Whether a client (or a pipeline of one) talks to a Redis Cluster."""
+    return isinstance(
+        client,
+        (aiocluster.RedisCluster, synccluster.RedisCluster, aiocluster.ClusterPipeline, synccluster.ClusterPipeline),
+    )
+
+
+def _cluster_retry() -> Retry:
+    return Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), CLUSTER_RETRIES)
+
+
+class _AsyncCluster(aiocluster.RedisCluster):
+    """redis-py's asyncio cluster client, with two changes:
+
+    - its ``RedisClusterException`` (no master for a slot, slot map not readable: a failover
+      in progress) is raised as ``redis.exceptions.ClusterError``, a ``RedisError`` like every
+      other failure callers already handle;
+    - it raises ``MaxConnectionsError`` when a node's pool is used up; here, as
+      ``BlockingConnectionPool`` does for one Redis, a burst waits instead: at most
+      ``max_in_flight`` commands run at once (so no node ever needs more connections).
+    """
+
+    def __init__(self, *args: Any, max_in_flight: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._in_flight:
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except RedisClusterException as error:
+                raise ClusterError(str(error)) from error
+
+
+class _SyncCluster(synccluster.RedisCluster):
+    """redis-py's cluster client, raising its ``RedisClusterException`` as ``ClusterError``
+    (see ``_AsyncCluster``)."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)
+        except RedisClusterException as error:
+            raise ClusterError(str(error)) from error
 
 
 def async_client(
     url: str, *, blocking: bool = False, max_connections: int = 32, client_name: str | None = None
 ) -> aioredis.Redis:
     """A client whose pool never grows past ``max_connections``: a burst of requests waits
-    for a free connection instead of opening one per request in flight.
+    for a free connection instead of opening one per request in flight. A cluster URL gives a
+    ``RedisCluster`` (typed as ``aioredis.Redis``: the same commands), ``max_connections``
+    commands in flight at most; pipelines take one more connection per node they touch.
 
-    A command that fails with a connection error is sent once more on a new connection: a
-    Redis that died holding unread bytes resets its connections, a reset leaves no EOF for the
-    pool's idle check to see, and the first command after Redis is back would fail on it."""
+    One Redis: a command that fails with a connection error is sent once more on a new
+    connection: a Redis that died holding unread bytes resets its connections, a reset leaves
+    no EOF for the pool's idle check to see, and the first command after Redis is back would
+    fail on it. (A cluster client retries ``CLUSTER_RETRIES`` times, re-reading the slot map.)"""
+    if is_cluster_url(url):
+        parsed = parse_cluster_url(url)
+        cluster = _AsyncCluster.from_url(
+            parsed.plain_url,
+            startup_nodes=[aiocluster.ClusterNode(host, port) for host, port in parsed.nodes[1:]],
+            max_in_flight=max_connections,
+            max_connections=2 * max_connections + 8,
+            retry=_cluster_retry(),
+            socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            health_check_interval=0,
+            client_name=client_name,
+        )
+        return cast(aioredis.Redis, cluster)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=None,
-        socket_timeout=None if blocking else 10.0,
-        socket_connect_timeout=5.0,
+        socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
         health_check_interval=0,
         client_name=client_name,
         retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -47,11 +183,33 @@ def async_client(
 
 
 def sync_client(url: str, *, blocking: bool = False) -> redis.Redis:
+    """A blocking-I/O client; a cluster URL gives a ``redis.cluster.RedisCluster``."""
+    if is_cluster_url(url):
+        parsed = parse_cluster_url(url)
+        cluster = _SyncCluster.from_url(
+            parsed.plain_url,
+            startup_nodes=[synccluster.ClusterNode(host, port) for host, port in parsed.nodes[1:]],
+            retry=_cluster_retry(),
+            socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+        )
+        return cast(redis.Redis, cluster)
     return redis.Redis.from_url(
         url,
-        socket_timeout=None if blocking else 10.0,
-        socket_connect_timeout=5.0,
+        socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
     )
+
+
+def plain_redis_url(url: str, purpose: str) -> str:
+    """``url`` when it names one Redis; a ``RedisUrlError`` saying what to do for a cluster URL
+    (``purpose``: what needs one Redis, e.g. RQ's bulk jobs)."""
+    if is_cluster_url(url):
+        raise RedisUrlError(
+            f"{purpose} needs a plain Redis URL (redis:// or rediss://), not the Redis Cluster "
+            f"{redact_url(url)}: RQ has no Redis Cluster support"
+        )
+    return url
 
 
 def text(value: bytes | str) -> str:
@@ -129,3 +287,158 @@ async def exchange(connection: AbstractConnection, payload: bytes, reply_count: 
     except BaseException:
         await connection.disconnect(nowait=True)
         raise
+
+
+class ShardExchange:
+    """``exchange`` on a plain Redis or a Redis Cluster, for a client made by ``async_client``.
+
+    ``await run(calls)``: ``calls`` are ``(routing_key, packed_command)`` pairs (the routing key
+    is a key the command touches: every key of one command shares its hash tag); the replies
+    come back in call order. Error replies are returned, not raised (a ``ResponseError`` such
+    as ``NoScriptError``), as ``exchange`` does; so is the error of a failed exchange
+    (``ConnectionError`` / ``TimeoutError``), in place of the replies of the calls it carried.
+
+    - One Redis: every call on one connection of its own, in one round trip (the routing key
+      is not looked at); a failed exchange is retried as the client's connections retry.
+    - A Redis Cluster: the calls are grouped by the master that owns their routing key's slot
+      (the client's slot map), one exchange per master, all at once; only the calls of a failed
+      exchange get its error (the other masters' replies stand) and the slot map is read again
+      before the next ``run`` (a failover moved the slots). A call answered ``MOVED``/``ASK``
+      (it did not run) is sent again to the master named, once the slot map is read again.
+
+    ``close()`` disconnects its connections.
+    """
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.client = client
+        self.cluster: aiocluster.RedisCluster | None = (
+            cast(aiocluster.RedisCluster, client) if is_cluster(client) else None
+        )
+        self._plain: AbstractConnection | None = None
+        self._shards: dict[str, AbstractConnection] = {}
+        self._stale = False  # an exchange failed: read the slot map before the next run
+        self._generation = 0  # slot map reads so far
+        self._refreshing: asyncio.Lock | None = None
+
+    @property
+    def timeout_s(self) -> float | None:
+        kwargs = self.cluster.connection_kwargs if self.cluster is not None else self.client.connection_pool.connection_kwargs
+        timeout = kwargs.get("socket_timeout")
+        return float(timeout) if timeout is not None else None
+
+    async def run(self, calls: Sequence[tuple[bytes | str, bytes]]) -> list[Any]:
+        if not calls:
+            return []
+        if self.cluster is None:
+            return await self._run_plain([command for _, command in calls])
+        return await self._run_cluster(self.cluster, calls)
+
+    async def close(self) -> None:
+        connections = [*self._shards.values(), *([self._plain] if self._plain is not None else [])]
+        self._shards, self._plain = {}, None
+        for connection in connections:
+            await connection.disconnect()
+
+    async def _run_plain(self, commands: Sequence[bytes]) -> list[Any]:
+        connection = self._plain
+        if connection is None:
+            connection = self._plain = exchange_connection(self.client)
+        payload = commands[0] if len(commands) == 1 else b"".join(commands)
+        try:
+            replies: list[Any] = await connection.retry.call_with_retry(
+                lambda: exchange(connection, payload, len(commands), self.timeout_s),
+                lambda _error: connection.disconnect(),
+            )
+        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            return [error] * len(commands)
+        return replies
+
+    async def _run_cluster(self, cluster: aiocluster.RedisCluster, calls: Sequence[tuple[bytes | str, bytes]]) -> list[Any]:
+        if self._stale:
+            await self._refresh(cluster, self._generation)
+        replies: list[Any] = [None] * len(calls)
+        targets: dict[int, tuple[str, bool]] = {}  # call index -> (node name, ASKING first)
+        for i, (key, _) in enumerate(calls):
+            try:
+                node = cluster.get_node_from_key(key)  # type: ignore[arg-type]  # bytes hash as their str
+            except RedisClusterException as error:  # the slot has no master now (failing over)
+                self._stale = True
+                replies[i] = RedisConnectionError(str(error))
+                continue
+            targets[i] = (node.name if node is not None else "", False)
+        for attempt in range(2):
+            if not targets:
+                break
+            seen = self._generation
+            await self._send(cluster, calls, targets, replies)
+            redirected: dict[int, tuple[str, bool]] = {}
+            for i in targets:
+                reply = replies[i]
+                if isinstance(reply, AskError) and attempt == 0:  # MovedError is an AskError
+                    redirected[i] = (f"{reply.host}:{reply.port}", not isinstance(reply, MovedError))
+            if redirected:
+                await self._refresh(cluster, seen)
+            targets = redirected
+        return replies
+
+    async def _send(
+        self,
+        cluster: aiocluster.RedisCluster,
+        calls: Sequence[tuple[bytes | str, bytes]],
+        targets: dict[int, tuple[str, bool]],
+        replies: list[Any],
+    ) -> None:
+        groups: dict[str, list[int]] = {}
+        for i, (name, _) in targets.items():
+            groups.setdefault(name, []).append(i)
+
+        async def one_shard(name: str, indexes: list[int]) -> None:
+            asking = [targets[i][1] for i in indexes]
+            payload = b"".join((pack_command(("ASKING",)) if ask else b"") + calls[i][1] for i, ask in zip(indexes, asking, strict=True))
+            count = len(indexes) + sum(asking)
+            try:
+                connection = self._shard_connection(cluster, name)
+                got = await exchange(connection, payload, count, self.timeout_s)
+            except (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException) as error:
+                self._stale = True
+                self._shards.pop(name, None)
+                failed = error if isinstance(error, (RedisConnectionError, RedisTimeoutError)) else RedisConnectionError(str(error))
+                for i in indexes:
+                    replies[i] = failed
+                return
+            position = 0
+            for i, ask in zip(indexes, asking, strict=True):
+                position += 1 if ask else 0  # the ASKING reply
+                replies[i] = got[position]
+                position += 1
+
+        await asyncio.gather(*(one_shard(name, indexes) for name, indexes in groups.items()))
+
+    def _shard_connection(self, cluster: aiocluster.RedisCluster, name: str) -> AbstractConnection:
+        connection = self._shards.get(name)
+        if connection is None:
+            node = cluster.get_node(node_name=name)
+            if node is None:
+                raise RedisConnectionError(f"no cluster node {name} in the slot map")
+            kwargs = {**node.connection_kwargs, "socket_timeout": None, "retry": Retry(ExponentialWithJitterBackoff(), 0)}
+            connection = self._shards[name] = node.connection_class(**kwargs)
+        return connection
+
+    async def _refresh(self, cluster: aiocluster.RedisCluster, seen: int) -> None:
+        """Read the slot map again, unless it was read since the caller's ``seen`` generation,
+        and drop the connections of nodes that are no longer masters."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.Lock()
+        async with self._refreshing:
+            if self._generation != seen:
+                return
+            self._generation += 1
+            self._stale = False
+            try:
+                await cluster.nodes_manager.initialize()
+            except (redis.RedisError, RedisClusterException):
+                self._stale = True  # try again before the next run; this one uses the old map
+                return
+            masters = {node.name for node in cluster.get_primaries()}
+            for name in [n for n in self._shards if n not in masters]:
+                await self._shards.pop(name).disconnect()

@@ -21,6 +21,7 @@ import redis
 
 from shared import keys, node_registry, queue
 from shared.deployment_store import RouteStatus, SyncDeploymentStore
+from shared.pubsub import SyncSubscription
 from shared.redis_budget import CacheLimits
 from shared.redis_config import warn_redis_config
 from shared.redis_conn import sync_client, text
@@ -304,12 +305,14 @@ class Node:
     def _event_loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                pubsub = self.connect_blocking().pubsub()
-                pubsub.subscribe(keys.EVENTS)
-                while not self.stopping.is_set():
-                    message = pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None:
-                        self._wake.set()
+                client = self.connect_blocking()
+                try:
+                    with SyncSubscription(client, keys.EVENTS) as events:
+                        while not self.stopping.is_set():
+                            if events.get(timeout_s=1.0) is not None:
+                                self._wake.set()
+                finally:
+                    client.close()
             except redis.RedisError as exc:
                 log.warning("event subscription failed: %s", exc)
                 self.stopping.wait(0.5)
