@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from shared import keys, queue
 from shared.redis_budget import RedisCapacity, string_bytes
-from shared.redis_conn import text
+from shared.redis_conn import masters_info, text
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,16 @@ async def read_capacity(
     """Redis's capacity for caches; ``placements``: every (deployment, node) that may hold a cache."""
     models = await stored_models_bytes(client)
     caches = await caches_bytes(client, placements)
-    memory = await client.info("memory")
+    # a Redis Cluster: the masters' figures summed (models and caches spread over the shards by
+    # their hash tags; one shard can fill before the sum does: docs/protocol.md)
+    masters = await masters_info(client, "memory")
+    maxmemory = 0 if any(int(m.get("maxmemory", 0)) == 0 for m in masters) else sum(int(m["maxmemory"]) for m in masters)
     return RedisCapacity.of(
-        maxmemory_bytes=int(memory.get("maxmemory", 0)),
+        maxmemory_bytes=maxmemory,
         setting_bytes=settings.memory_bytes,
         models_bytes=models,
         reserve_setting_bytes=settings.reserve_bytes,
         # client buffers carry requests and replies in flight: the reserve is there for them
-        used_memory_bytes=int(memory.get("used_memory", 0)) - int(memory.get("mem_clients_normal", 0)),
+        used_memory_bytes=sum(int(m.get("used_memory", 0)) - int(m.get("mem_clients_normal", 0)) for m in masters),
         caches_bytes=caches,
     )

@@ -90,6 +90,8 @@ from shared import task_config
 from shared.errors import Conflict, InferqError, NotFound, QueueFull, RequestTimeout, Unavailable
 from shared.producer import InferResult, Producer
 from shared.queue import BULK, LANES
+from shared.redis_conn import is_cluster
+from shared.settings import BulkSettings
 
 log = logging.getLogger(__name__)
 
@@ -595,6 +597,11 @@ def enqueue_bulk(
         if output_path is None and total > MAX_INLINE_DOCS:
             raise ValueError(f"more than {MAX_INLINE_DOCS} documents: give an output_path (or a JSONL input)")
     out = str(Path(output_path).resolve()) if output_path is not None else None
+    if is_cluster(redis_conn):
+        raise TypeError(
+            "enqueue_bulk needs a connection to RQ's Redis, a plain one (INFERQ_BULK_REDIS_URL); "
+            "RQ has no Redis Cluster support"
+        )
     queue = Queue(queue_name, connection=redis_conn, serializer=MsgpackSerializer)
     return queue.enqueue(
         run_bulk_job,
@@ -728,14 +735,21 @@ class _MaintenanceNoise(logging.Filter):
 
 
 def run_bulk_worker(
-    redis_url: str, *, settings: BulkWorkerSettings | None = None, burst: bool = False, log_level: str = "info"
+    redis_url: str,
+    *,
+    rq_redis_url: str | None = None,
+    settings: BulkWorkerSettings | None = None,
+    burst: bool = False,
+    log_level: str = "info",
 ) -> int:
-    """Run an RQ worker for bulk jobs until SIGTERM/SIGINT (``inferq bulk-worker``)."""
+    """Run an RQ worker for bulk jobs until SIGTERM/SIGINT (``inferq bulk-worker``): its jobs
+    are taken from ``rq_redis_url`` (one plain Redis; default ``redis_url``) and their documents
+    go through inferq's Redis at ``redis_url`` (which may be a Redis Cluster)."""
     settings = settings or BulkWorkerSettings.from_env()
     logging.getLogger("rq.worker").addFilter(_MaintenanceNoise())
     if settings.nice:
         os.nice(settings.nice)
-    connection = redis.Redis.from_url(redis_url)
+    connection = redis.Redis.from_url(BulkSettings(redis_url, rq_redis_url or "").rq_url())
     queues = [Queue(name, connection=connection, serializer=MsgpackSerializer) for name in settings.queues]
     worker = BulkWorker(
         queues,

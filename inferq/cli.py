@@ -3,9 +3,12 @@
 
     inferq gateway  [--host H] [--port 9200] [--redis-url URL] [--log-level info]
     inferq worker   --node-id ID --processors N [--memory BYTES] [--redis-url URL] [--log-level info]
-    inferq cluster  [--nodes 2] [--processors 1] [--port 9200] [--redis-url URL] [--demo-model] [--log-level warning]
+    inferq cluster  [--nodes 2] [--processors 1] [--port 9200] [--redis-url URL] [--bulk-redis-url URL] [--demo-model] [--log-level warning]
     inferq import   PATH --model-id ID --task-type TASK [--url URL] [--api-key KEY] [--start]
-    inferq bulk-worker [--redis-url URL] [--log-level info]
+    inferq bulk-worker [--redis-url URL] [--bulk-redis-url URL] [--log-level info]
+
+``--redis-url`` is one Redis or a Redis Cluster (``redis+cluster://host:port``); RQ's bulk jobs
+need one plain Redis: ``--bulk-redis-url`` when inferq's is a cluster.
 
 Subcommands import their side lazily: the gateway never loads torch. Logging is configured
 here, once per process (the composition root), at ``--log-level``.
@@ -19,7 +22,8 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from shared.settings import DEFAULT_REDIS_URL, GatewaySettings, WorkerSettings
+from shared.redis_conn import RedisUrlError
+from shared.settings import BulkSettings, GatewaySettings, WorkerSettings, redis_url_from_env
 from shared.units import parse_byte_size
 
 
@@ -45,19 +49,22 @@ def configure_logging(level: str, role: str) -> None:
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inferq", description="A self-hosted inference cluster with Elasticsearch's trained-model API.")
     sub = parser.add_subparsers(dest="command", required=True)
-    redis_url = _env(env, "INFERQ_REDIS_URL", _env(env, "REDIS_URL", DEFAULT_REDIS_URL))
+    redis_url = redis_url_from_env(env)
+    redis_help = "Redis URL: redis://, rediss://, or a Redis Cluster: redis+cluster://host:port[,host:port] [INFERQ_REDIS_URL]"
+    bulk_help = "RQ's Redis for bulk jobs, a plain one (default: --redis-url, when that is not a cluster) [INFERQ_BULK_REDIS_URL]"
+    bulk_redis_url = _env(env, "INFERQ_BULK_REDIS_URL", "")
 
     gw = sub.add_parser("gateway", help="run the HTTP gateway")
     gw.add_argument("--host", default=_env(env, "INFERQ_HOST", "127.0.0.1"), help="bind address [INFERQ_HOST]")
     gw.add_argument("--port", type=int, default=int(_env(env, "INFERQ_PORT", "9200")), help="port [INFERQ_PORT]")
-    gw.add_argument("--redis-url", default=redis_url, help="Redis URL [INFERQ_REDIS_URL]")
+    gw.add_argument("--redis-url", default=redis_url, help=redis_help)
     _add_log_level(gw, env, "info")
 
     wk = sub.add_parser("worker", help="run one worker node")
     wk.add_argument("--node-id", default=_env(env, "INFERQ_NODE_ID", ""), required=not env.get("INFERQ_NODE_ID"), help="node id [INFERQ_NODE_ID]")
     wk.add_argument("--processors", type=int, default=int(_env(env, "INFERQ_PROCESSORS", str(os.cpu_count() or 1))), help="processors this node offers [INFERQ_PROCESSORS]")
     wk.add_argument("--memory", default=_env(env, "INFERQ_MEMORY", "8gb"), help="memory for models, bytes or e.g. 4gb [INFERQ_MEMORY]")
-    wk.add_argument("--redis-url", default=redis_url, help="Redis URL [INFERQ_REDIS_URL]")
+    wk.add_argument("--redis-url", default=redis_url, help=redis_help)
     _add_log_level(wk, env, "info")
 
     cl = sub.add_parser("cluster", help="run a local cluster: Redis check, one gateway, N worker nodes")
@@ -65,6 +72,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     cl.add_argument("--processors", type=int, default=int(_env(env, "INFERQ_PROCESSORS", "1")), help="processors per node [INFERQ_PROCESSORS]")
     cl.add_argument("--port", type=int, default=int(_env(env, "INFERQ_PORT", "9200")), help="gateway port [INFERQ_PORT]")
     cl.add_argument("--redis-url", default=_env(env, "INFERQ_REDIS_URL", ""), help="a Redis of yours, kept after exit; default: a private redis-server, deleted on exit [INFERQ_REDIS_URL]")
+    cl.add_argument("--bulk-redis-url", default=bulk_redis_url, help=bulk_help)
     cl.add_argument("--demo-model", action="store_true", default=_env(env, "INFERQ_DEMO_MODEL", "") == "1", help="import and deploy all-MiniLM-L6-v2 [INFERQ_DEMO_MODEL=1]")
     cl.add_argument("--no-bulk-worker", action="store_true", help="do not start the RQ bulk worker")
     cl.add_argument("--fresh", action="store_true", help="empty the Redis database first (FLUSHDB): start clean")
@@ -81,7 +89,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     im.add_argument("--clear-previous", action="store_true", help="stop and delete a model with this id first")
 
     bw = sub.add_parser("bulk-worker", help="run an RQ worker for bulk inference jobs")
-    bw.add_argument("--redis-url", default=redis_url, help="Redis URL [INFERQ_REDIS_URL]")
+    bw.add_argument("--redis-url", default=redis_url, help=redis_help)
+    bw.add_argument("--bulk-redis-url", default=bulk_redis_url, help=bulk_help)
     _add_log_level(bw, env, "info")
     return parser
 
@@ -121,6 +130,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             processors=args.processors,
             port=args.port,
             redis_url=args.redis_url or None,
+            bulk_redis_url=args.bulk_redis_url or None,
             demo_model=args.demo_model,
             bulk_worker=not args.no_bulk_worker,
             log_level=args.log_level,
@@ -143,7 +153,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         from inferq.bulk import run_bulk_worker
 
         configure_logging(args.log_level, "bulk-worker")
-        return run_bulk_worker(args.redis_url, log_level=args.log_level)
+        try:
+            rq_url = BulkSettings(args.redis_url, args.bulk_redis_url).rq_url()
+        except RedisUrlError as exc:
+            print(f"inferq bulk-worker: {exc}", file=sys.stderr)
+            return 2
+        return run_bulk_worker(args.redis_url, rq_redis_url=rq_url, log_level=args.log_level)
     return 2
 
 

@@ -62,10 +62,10 @@ def _free_port() -> int:
 
 
 def _redis_answers(url: str) -> bool:
-    import redis
+    from shared.redis_conn import sync_client
 
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        client = sync_client(url)
         ok = bool(client.ping())
         client.close()
         return ok
@@ -180,8 +180,14 @@ KEPT = "models, deployments, caches, bulk results"
 
 def redis_note(url: str, *, private: bool, fresh: bool) -> str:
     """The ready line's account of Redis: where (never a password) and what stays there."""
-    parsed = urllib.parse.urlsplit(url)
-    where = f"redis://{parsed.hostname}:{parsed.port or 6379}/{parsed.path.lstrip('/') or '0'}"
+    from shared.redis_conn import is_cluster_url, parse_cluster_url
+
+    if is_cluster_url(url):
+        nodes = parse_cluster_url(url).nodes
+        where = f"{url.split('://', 1)[0]}://" + ",".join(f"{host}:{port}" for host, port in nodes)
+    else:
+        parsed = urllib.parse.urlsplit(url)
+        where = f"redis://{parsed.hostname}:{parsed.port or 6379}/{parsed.path.lstrip('/') or '0'}"
     if private:
         return f"redis {where} (private to this run, deleted on Ctrl-C)"
     emptied = "emptied by --fresh; " if fresh else ""
@@ -189,10 +195,11 @@ def redis_note(url: str, *, private: bool, fresh: bool) -> str:
 
 
 def _flush(url: str) -> None:
-    """``--fresh``: the cluster's whole database, emptied before anything starts."""
-    import redis
+    """``--fresh``: the cluster's whole database (every master's, on a Redis Cluster), emptied
+    before anything starts."""
+    from shared.redis_conn import sync_client
 
-    client = redis.Redis.from_url(url)
+    client = sync_client(url)
     try:
         client.flushdb()
     finally:
@@ -255,6 +262,7 @@ def run_cluster(
     port: int,
     redis_url: str | None,
     demo_model: bool,
+    bulk_redis_url: str | None = None,
     bulk_worker: bool,
     log_level: str = "warning",
     fresh: bool = False,
@@ -289,6 +297,14 @@ def run_cluster(
                 if time.monotonic() > deadline:
                     raise SystemExit("inferq: redis-server did not start")
                 time.sleep(0.05)
+        if bulk_worker:
+            from shared.redis_conn import RedisUrlError
+            from shared.settings import BulkSettings
+
+            try:
+                BulkSettings(url, bulk_redis_url or "").rq_url()
+            except RedisUrlError as exc:
+                raise SystemExit(f"inferq: {exc}; or start no bulk worker (--no-bulk-worker)") from None
         if fresh:
             _flush(url)
         kept = redis_note(url, private=not redis_url, fresh=fresh)
@@ -308,7 +324,8 @@ def run_cluster(
                 env,
             )
         if bulk_worker:
-            supervisor.spawn("bulk-worker", [python, "-m", "inferq.cli", "bulk-worker"], env)
+            bulk_env = {**env, "INFERQ_BULK_REDIS_URL": bulk_redis_url} if bulk_redis_url else env
+            supervisor.spawn("bulk-worker", [python, "-m", "inferq.cli", "bulk-worker"], bulk_env)
         base_url = f"http://127.0.0.1:{port}"
         _wait_http(base_url + "/", 60)
         _wait_nodes(base_url, nodes * processors, START_TIMEOUT_S, api_key)

@@ -13,6 +13,7 @@ reload what they watch periodically, so a message lost in a failover costs one p
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, cast
@@ -78,7 +79,8 @@ class Subscription:
     async def _subscribe(self) -> None:
         if is_cluster(self.client):
             cluster = cast(aiocluster.RedisCluster, self.client)
-            await cluster.nodes_manager.initialize()  # the channel's master now, not before a failover
+            await cluster.initialize()  # a no-op once the client has read the slot map, then
+            await cluster.nodes_manager.initialize()  # read again: the channel's master now, after a failover
             self._pubsub = cluster.pubsub()
             await self._pubsub.ssubscribe(self.channel)
         else:
@@ -86,12 +88,18 @@ class Subscription:
             await self._pubsub.subscribe(self.channel)
 
     async def get(self, timeout_s: float) -> bytes | None:
-        if is_cluster(self.client):
-            with _as_redis_errors():
-                message = await self._pubsub.get_sharded_message(ignore_subscribe_messages=False, timeout=timeout_s)
-        else:
-            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
-        return _message_data(message, self.channel.encode())
+        """The next message's payload; None when none came within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining_s = max(0.0, deadline - time.monotonic())
+            if is_cluster(self.client):
+                with _as_redis_errors():
+                    message = await self._pubsub.get_sharded_message(ignore_subscribe_messages=False, timeout=remaining_s)
+            else:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=remaining_s)
+            data = _message_data(message, self.channel.encode())
+            if data is not None or message is None or remaining_s == 0.0:
+                return data
 
     async def __aexit__(self, *exc: object) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -123,12 +131,17 @@ class SyncSubscription:
             self._pubsub.subscribe(self.channel)
 
     def get(self, timeout_s: float) -> bytes | None:
-        if is_cluster(self.client):
-            with _as_redis_errors():
-                message = self._pubsub.get_sharded_message(ignore_subscribe_messages=False, timeout=timeout_s)
-        else:
-            message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
-        return _message_data(message, self.channel.encode())
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining_s = max(0.0, deadline - time.monotonic())
+            if is_cluster(self.client):
+                with _as_redis_errors():
+                    message = self._pubsub.get_sharded_message(ignore_subscribe_messages=False, timeout=remaining_s)
+            else:
+                message = self._pubsub.get_message(ignore_subscribe_messages=False, timeout=remaining_s)
+            data = _message_data(message, self.channel.encode())
+            if data is not None or message is None or remaining_s == 0.0:
+                return data
 
     def __exit__(self, *exc: object) -> None:
         pubsub, self._pubsub = self._pubsub, None

@@ -183,16 +183,20 @@ def async_client(
 
 
 def sync_client(url: str, *, blocking: bool = False) -> redis.Redis:
-    """A blocking-I/O client; a cluster URL gives a ``redis.cluster.RedisCluster``."""
+    """A blocking-I/O client; a cluster URL gives a ``redis.cluster.RedisCluster`` (which
+    reads the slot map at once: ``ClusterError`` when no node of the URL answers)."""
     if is_cluster_url(url):
         parsed = parse_cluster_url(url)
-        cluster = _SyncCluster.from_url(
-            parsed.plain_url,
-            startup_nodes=[synccluster.ClusterNode(host, port) for host, port in parsed.nodes[1:]],
-            retry=_cluster_retry(),
-            socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-        )
+        try:  # the sync client reads the slot map here, not on its first command
+            cluster = _SyncCluster.from_url(
+                parsed.plain_url,
+                startup_nodes=[synccluster.ClusterNode(host, port) for host, port in parsed.nodes[1:]],
+                retry=_cluster_retry(),
+                socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
+                socket_connect_timeout=CONNECT_TIMEOUT_S,
+            )
+        except RedisClusterException as error:
+            raise ClusterError(f"{redact_url(url)}: {error}") from error
         return cast(redis.Redis, cluster)
     return redis.Redis.from_url(
         url,
@@ -201,15 +205,14 @@ def sync_client(url: str, *, blocking: bool = False) -> redis.Redis:
     )
 
 
-def plain_redis_url(url: str, purpose: str) -> str:
-    """``url`` when it names one Redis; a ``RedisUrlError`` saying what to do for a cluster URL
-    (``purpose``: what needs one Redis, e.g. RQ's bulk jobs)."""
-    if is_cluster_url(url):
-        raise RedisUrlError(
-            f"{purpose} needs a plain Redis URL (redis:// or rediss://), not the Redis Cluster "
-            f"{redact_url(url)}: RQ has no Redis Cluster support"
-        )
-    return url
+async def masters_info(client: aioredis.Redis, section: str) -> list[dict[str, Any]]:
+    """``INFO section`` of every master: one for a plain Redis, one per shard of a cluster
+    (a cluster client's plain ``info`` asks one node only)."""
+    if not is_cluster(client):
+        return [await client.info(section)]
+    cluster = cast(aiocluster.RedisCluster, client)
+    replies = await cluster.info(section, target_nodes=aiocluster.RedisCluster.PRIMARIES)
+    return list(replies.values()) if len(cluster.get_primaries()) > 1 else [replies]
 
 
 def text(value: bytes | str) -> str:
@@ -354,6 +357,10 @@ class ShardExchange:
         return replies
 
     async def _run_cluster(self, cluster: aiocluster.RedisCluster, calls: Sequence[tuple[bytes | str, bytes]]) -> list[Any]:
+        try:
+            await cluster.initialize()  # a no-op once the client has read the slot map
+        except (redis.RedisError, RedisClusterException) as error:
+            return [RedisConnectionError(str(error))] * len(calls)
         if self._stale:
             await self._refresh(cluster, self._generation)
         replies: list[Any] = [None] * len(calls)

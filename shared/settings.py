@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shared.redis_conn import RedisUrlError, is_cluster_url, redact_url
 from shared.units import parse_byte_size
 
 
@@ -34,6 +35,44 @@ def _bytes(env: Mapping[str, str], name: str) -> int:
 
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_url_from_env(env: Mapping[str, str]) -> str:
+    """Where inferq keeps its state: one Redis (``redis://``, ``rediss://``, ``unix://``) or a
+    Redis Cluster (``redis+cluster://host:port[,host:port...]``, ``rediss+cluster://``;
+    ``shared.redis_conn``). ``INFERQ_REDIS_URL``, else ``REDIS_URL``."""
+    return _str(env, "INFERQ_REDIS_URL", _str(env, "REDIS_URL", DEFAULT_REDIS_URL))
+
+
+@dataclass(frozen=True)
+class BulkSettings:
+    """Bulk jobs run on RQ, which needs one plain Redis for its queue, jobs and results
+    (``INFERQ_BULK_REDIS_URL``); unset, it is inferq's own Redis (``redis_url``), which must
+    then be a plain one: with a Redis Cluster, give RQ a Redis of its own
+    (docs/protocol.md, "Running on Redis Cluster")."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    bulk_redis_url: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BulkSettings:
+        env = os.environ if env is None else env
+        return cls(redis_url=redis_url_from_env(env), bulk_redis_url=_str(env, "INFERQ_BULK_REDIS_URL", ""))
+
+    def rq_url(self) -> str:
+        """The Redis RQ uses; ``RedisUrlError`` when that would be a Redis Cluster."""
+        if self.bulk_redis_url and is_cluster_url(self.bulk_redis_url):
+            raise RedisUrlError(
+                f"INFERQ_BULK_REDIS_URL (--bulk-redis-url) {redact_url(self.bulk_redis_url)} is a Redis Cluster: "
+                "bulk jobs run on RQ, which needs one plain Redis (redis:// or rediss://)"
+            )
+        if not self.bulk_redis_url and is_cluster_url(self.redis_url):
+            raise RedisUrlError(
+                f"INFERQ_REDIS_URL {redact_url(self.redis_url)} is a Redis Cluster, and bulk jobs run on RQ, which "
+                "needs one plain Redis: set INFERQ_BULK_REDIS_URL (--bulk-redis-url) to one "
+                "(docs/protocol.md, \"Running on Redis Cluster\")"
+            )
+        return self.bulk_redis_url or self.redis_url
 
 
 @dataclass(frozen=True)
@@ -64,7 +103,7 @@ class GatewaySettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
         env = os.environ if env is None else env
         return cls(
-            redis_url=_str(env, "INFERQ_REDIS_URL", DEFAULT_REDIS_URL),
+            redis_url=redis_url_from_env(env),
             host=_str(env, "INFERQ_HOST", "127.0.0.1"),
             port=_int(env, "INFERQ_PORT", 9200),
             cluster_name=_str(env, "INFERQ_CLUSTER_NAME", "inferq"),
@@ -117,7 +156,7 @@ class WorkerSettings:
             node_id=_str(env, "INFERQ_NODE_ID", "node-1"),
             processors=_int(env, "INFERQ_PROCESSORS", os.cpu_count() or 1),
             memory_bytes=_int(env, "INFERQ_MEMORY_BYTES", 8 * 1024**3),
-            redis_url=_str(env, "INFERQ_REDIS_URL", DEFAULT_REDIS_URL),
+            redis_url=redis_url_from_env(env),
             heartbeat_ttl_s=_float(env, "INFERQ_HEARTBEAT_TTL_S", 6.0),
             hung_after_s=_float(env, "INFERQ_HUNG_AFTER_S", 60.0),
             max_redeliveries=_int(env, "INFERQ_MAX_REDELIVERIES", 1),

@@ -1,5 +1,6 @@
 """A real local cluster for end-to-end tests: gateway and worker nodes as child processes
-against the session's redis-server (each cluster on its own Redis database)."""
+against the session's redis-server (each cluster on its own Redis database), or against a
+Redis Cluster (a ``redis+cluster://`` URL: its masters are emptied first, it has database 0 only)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from shared import keys
+from shared.redis_conn import is_cluster_url, sync_client
 from tests.redis_server import free_port
 
 _DATABASES = itertools.cycle(range(1, 16))
@@ -54,7 +54,7 @@ class LocalCluster:
         self.nodes[node_id] = self._spawn(
             ["worker", "--node-id", node_id, "--processors", str(processors), "--memory", memory], extra_env
         )
-        client = redis.Redis.from_url(self.redis_url)
+        client = sync_client(self.redis_url)
         deadline = time.monotonic() + 90  # importing torch on a loaded 2-core machine can take a while
         while not client.exists(keys.node_heartbeat(node_id)):
             if time.monotonic() > deadline or self.nodes[node_id].poll() is not None:
@@ -144,10 +144,9 @@ def local_cluster(
     env: dict[str, str] | None = None,
 ) -> Iterator[LocalCluster]:
     """Start a gateway and worker nodes on a fresh Redis database; stop everything after."""
-    db = next(_DATABASES)
-    redis_url = base_redis_url.rsplit("/", 1)[0] + f"/{db}"
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
+    redis_url = base_redis_url if is_cluster_url(base_redis_url) else base_redis_url.rsplit("/", 1)[0] + f"/{next(_DATABASES)}"
+    client = sync_client(redis_url)
+    client.flushdb()  # on a Redis Cluster: every master's
     client.close()
     cluster = LocalCluster(
         redis_url=redis_url,

@@ -77,13 +77,17 @@ class RedisClusterProcesses:
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(timeout=10)
 
-    def keys(self) -> list[bytes]:
-        """Every key on every master (test code only: SCAN of the whole keyspace)."""
-        found: list[bytes] = []
+    def keys_by_master(self) -> dict[int, list[bytes]]:
+        """Every key of every master, by the master's port (test code only: SCAN of the whole
+        keyspace)."""
+        found: dict[int, list[bytes]] = {}
         for server in self.masters():
             with server.client() as client:
-                found.extend(client.scan_iter(count=1000))
-        return sorted(found)
+                found[server.port] = sorted(client.scan_iter(count=1000))
+        return found
+
+    def keys(self) -> list[bytes]:
+        return sorted(key for keys in self.keys_by_master().values() for key in keys)
 
     def flush(self) -> None:
         for server in self.masters():
