@@ -6,7 +6,7 @@ import pytest
 import redis
 import redis.asyncio.cluster as aiocluster
 
-from shared.cli import main as cli_main
+from inferq.cli import main as cli_main
 from shared.redis_conn import (
     RedisUrlError,
     async_client,
