@@ -96,7 +96,7 @@ class RedisClusterProcesses:
 
     def wait_ok(self, timeout_s: float = 30) -> None:
         """Until every live server says ``cluster_state:ok`` and they agree on the masters of all
-        16384 slots (a failover has finished everywhere)."""
+        16384 slots, every one of them alive (after a kill: the failover has finished everywhere)."""
         deadline = time.monotonic() + timeout_s
         last = ""
         while True:
@@ -111,9 +111,10 @@ class RedisClusterProcesses:
                         slots = client.execute_command("CLUSTER", "SLOTS")
                         views.add(tuple(sorted((int(s[0]), int(s[1]), int(s[2][1])) for s in slots)))
                 covered = sum(end - start + 1 for start, end, _ in next(iter(views))) if views else 0
-                if len(views) == 1 and covered == 16384:
+                dead = {port for start, end, port in next(iter(views))} - {s.port for s in self.alive} if views else set()
+                if len(views) == 1 and covered == 16384 and not dead:
                     return
-                last = f"{len(views)} different slot maps, {covered} slots covered"
+                last = f"{len(views)} different slot maps, {covered} slots covered, dead masters {sorted(dead)}"
             except (redis.RedisError, RuntimeError) as exc:
                 last = str(exc)
             if time.monotonic() > deadline:
