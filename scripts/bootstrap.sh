@@ -16,10 +16,13 @@ apt_install() {
   fi
 }
 
-# redis-server: every test starts its own; chromium: the status page tests load /_status in a
-# real browser; curl: the README's commands (tests/integration/test_readme.py)
+# redis-server: every test starts its own; redis-cli (Debian's redis-tools, which redis-server
+# pulls in): the Redis Cluster tests make their cluster with `redis-cli --cluster create`;
+# chromium: the status page tests load /_status in a real browser; curl: the README's commands
+# (tests/integration/test_readme.py)
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
