@@ -133,8 +133,13 @@ def test_update_changes_the_allocations(on_cluster: LocalCluster) -> None:
 def test_clearing_the_cache_empties_it_on_every_master(
     on_cluster: LocalCluster, redis_cluster_processes: RedisClusterProcesses
 ) -> None:
+    def entries() -> int:
+        return sum(n.get("cache_entry_count", 0) for n in per_node(on_cluster, MODEL).values())
+
+    cached = entries()
     status, _ = infer(on_cluster, MODEL, unique_texts(8))
     assert status == 200
+    wait_until("the results cached", lambda: entries() >= cached + 8)  # the reply can come first
     assert [key for key in keys_of(redis_cluster_processes, f"{{{MODEL}|") if b":cache" in key]
     status, body = on_cluster.call("POST", f"/_ml/trained_models/{MODEL}/deployment/cache/_clear")
     assert status == 200 and body == {"cleared": True}
