@@ -1,8 +1,8 @@
 """End to end on a real 3-master Redis Cluster (``redis+cluster://``): a gateway and two worker
 nodes as processes, as on one Redis. The tests run in order on one cluster: upload, start on
-two nodes, ``_infer``, a cache hit, 429 on overflow, ``_update``, clearing the cache, a node
-SIGKILLed and its allocations placed again, then stop and delete leaving no key of the model
-or its deployments on any master."""
+two nodes, ``_infer`` (over HTTP and from a program's ``SyncProducer``), a cache hit, 429 on
+overflow, ``_update``, clearing the cache, a node SIGKILLed and its allocations placed again,
+then stop and delete leaving no key of the model or its deployments on any master."""
 
 from __future__ import annotations
 
@@ -73,6 +73,17 @@ def test_start_on_two_nodes_and_infer(on_cluster: LocalCluster, redis_cluster_pr
     # queues ({tiny|node-1}: 9855, {tiny|node-2}: 5660) live on more than one master
     masters_used = {port for port, keys in redis_cluster_processes.keys_by_master().items() if keys}
     assert len(masters_used) >= 2
+
+
+def test_programs_produce_on_the_cluster_url(on_cluster: LocalCluster) -> None:
+    from shared.sync_producer import SyncProducer
+
+    texts = unique_texts(3)
+    with SyncProducer.connect(on_cluster.redis_url) as producer:
+        results = producer.infer(MODEL, [{"text_field": text} for text in texts])
+    status, body = infer(on_cluster, MODEL, texts)
+    assert status == 200
+    assert [r.result() for r in results] == body["inference_results"]
 
 
 def test_a_repeated_input_is_a_cache_hit(on_cluster: LocalCluster) -> None:
