@@ -1,6 +1,7 @@
 """End to end on a real 3-master Redis Cluster (``redis+cluster://``): a gateway and two worker
 nodes as processes, as on one Redis. The tests run in order on one cluster: upload, start on
-two nodes, ``_infer`` (over HTTP and from a program's ``SyncProducer``), a cache hit, 429 on
+two nodes, ``_infer`` (over HTTP, from a program's ``SyncProducer`` and as a bulk job whose RQ
+lives in a plain Redis), a cache hit, 429 on
 overflow, ``_update``, clearing the cache, a node SIGKILLed and its allocations placed again,
 then stop and delete leaving no key of the model or its deployments on any master."""
 
@@ -10,6 +11,8 @@ import concurrent.futures
 import itertools
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -84,6 +87,32 @@ def test_programs_produce_on_the_cluster_url(on_cluster: LocalCluster) -> None:
     status, body = infer(on_cluster, MODEL, texts)
     assert status == 200
     assert [r.result() for r in results] == body["inference_results"]
+
+
+def test_a_bulk_job_runs_with_rq_on_a_plain_redis(on_cluster: LocalCluster, redis_url: str) -> None:
+    """RQ keeps the job in a plain Redis (``--bulk-redis-url``); its documents go through the cluster."""
+    import redis
+
+    from inferq.bulk import enqueue_bulk, wait_for_job
+
+    env = {**os.environ, **on_cluster.env, "INFERQ_BULK_IDLE_POLL_S": "1"}
+    argv = [sys.executable, "-m", "inferq.cli", "bulk-worker", "--redis-url", on_cluster.redis_url,
+            "--bulk-redis-url", redis_url]  # fmt: skip
+    worker = subprocess.Popen(argv, env=env)
+    rq_redis = redis.Redis.from_url(redis_url)
+    try:
+        texts = unique_texts(20)
+        job = enqueue_bulk(rq_redis, MODEL, [{"text_field": text} for text in texts])
+        assert wait_for_job(job, timeout_s=120, progress=False) == "finished"
+        results = job.return_value()["results"]
+        status, body = infer(on_cluster, MODEL, texts[:2])
+        assert status == 200
+        assert [r["result"] for r in results[:2]] == body["inference_results"]
+        assert [r["index"] for r in results] == list(range(20))
+    finally:
+        rq_redis.close()
+        worker.terminate()
+        worker.wait(timeout=30)
 
 
 def test_a_repeated_input_is_a_cache_hit(on_cluster: LocalCluster) -> None:
