@@ -37,6 +37,10 @@ def per_node(cluster: LocalCluster, deployment_id: str) -> dict[str, dict[str, A
     return {name: node for node in stats["nodes"] for name in node["node"]}
 
 
+def cache_entries(cluster: LocalCluster) -> int:
+    return sum(int(node.get("cache_entry_count", 0)) for node in per_node(cluster, MODEL).values())
+
+
 def wait_until(what: str, check: Any, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -117,10 +121,11 @@ def test_a_bulk_job_runs_with_rq_on_a_plain_redis(on_cluster: LocalCluster, redi
 
 def test_a_repeated_input_is_a_cache_hit(on_cluster: LocalCluster) -> None:
     text = unique_texts(1)
+    cached = cache_entries(on_cluster)
     status, miss = infer(on_cluster, MODEL, text)
     assert status == 200
     # on a cluster the reply (the gateway's slot) and the cache insert (the node's) are two writes
-    wait_until("the result cached", lambda: sum(n.get("cache_entry_count", 0) for n in per_node(on_cluster, MODEL).values()))
+    wait_until("the result cached", lambda: cache_entries(on_cluster) > cached)
     pids = [proc.pid for proc in on_cluster.nodes.values()]
     for pid in pids:
         pause_process(pid)  # no worker can answer now: only the cache can
@@ -173,13 +178,10 @@ def test_update_changes_the_allocations(on_cluster: LocalCluster) -> None:
 def test_clearing_the_cache_empties_it_on_every_master(
     on_cluster: LocalCluster, redis_cluster_processes: RedisClusterProcesses
 ) -> None:
-    def entries() -> int:
-        return sum(n.get("cache_entry_count", 0) for n in per_node(on_cluster, MODEL).values())
-
-    cached = entries()
+    cached = cache_entries(on_cluster)
     status, _ = infer(on_cluster, MODEL, unique_texts(8))
     assert status == 200
-    wait_until("the results cached", lambda: entries() >= cached + 8)  # the reply can come first
+    wait_until("the results cached", lambda: cache_entries(on_cluster) >= cached + 8)  # the reply can come first
     assert [key for key in keys_of(redis_cluster_processes, f"{{{MODEL}|") if b":cache" in key]
     status, body = on_cluster.call("POST", f"/_ml/trained_models/{MODEL}/deployment/cache/_clear")
     assert status == 200 and body == {"cleared": True}
