@@ -7,8 +7,8 @@ than one lets a process start while one of them is down). The factories return r
 cluster clients for those (``redis.asyncio.cluster.RedisCluster`` / ``redis.cluster.RedisCluster``),
 typed as the plain client: they offer the same commands, and route each to the master that
 owns its key's slot (blocking reads too: ``BLPOP``/``BLMOVE`` go to the shard of their key).
-What only works on one connection (``exchange``, pub/sub) is made shard-aware here
-(``ShardExchange``) and in ``shared.pubsub``.
+Pub/sub is made shard-aware in ``shared.pubsub``; the producer pipelines ``exchange`` per
+shard itself (``shared.producer``).
 
 redis-py >= 8 defaults to ``socket_timeout=5``, which breaks blocking reads longer than
 5 s; connections that block (BLPOP, BLMOVE) are made with ``socket_timeout=None``.
@@ -38,7 +38,7 @@ import redis.cluster as synccluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import AskError, ClusterError, MovedError, RedisClusterException, ResponseError
+from redis.exceptions import ClusterError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -291,161 +291,3 @@ async def exchange(connection: AbstractConnection, payload: bytes, reply_count: 
         await connection.disconnect(nowait=True)
         raise
 
-
-class ShardExchange:
-    """``exchange`` on a plain Redis or a Redis Cluster, for a client made by ``async_client``.
-
-    ``await run(calls)``: ``calls`` are ``(routing_key, packed_command)`` pairs (the routing key
-    is a key the command touches: every key of one command shares its hash tag); the replies
-    come back in call order. Error replies are returned, not raised (a ``ResponseError`` such
-    as ``NoScriptError``), as ``exchange`` does; so is the error of a failed exchange
-    (``ConnectionError`` / ``TimeoutError``), in place of the replies of the calls it carried.
-
-    - One Redis: every call on one connection of its own, in one round trip (the routing key
-      is not looked at); a failed exchange is retried as the client's connections retry.
-    - A Redis Cluster: the calls are grouped by the master that owns their routing key's slot
-      (the client's slot map), one exchange per master, all at once; only the calls of a failed
-      exchange get its error (the other masters' replies stand) and the slot map is read again
-      before the next ``run`` (a failover moved the slots). A call answered ``MOVED``/``ASK``
-      (it did not run) is sent again to the master named, once the slot map is read again.
-
-    ``close()`` disconnects its connections.
-    """
-
-    def __init__(self, client: aioredis.Redis) -> None:
-        self.client = client
-        self.cluster: aiocluster.RedisCluster | None = (
-            cast(aiocluster.RedisCluster, client) if is_cluster(client) else None
-        )
-        self._plain: AbstractConnection | None = None
-        self._shards: dict[str, AbstractConnection] = {}
-        self._stale = False  # an exchange failed: read the slot map before the next run
-        self._generation = 0  # slot map reads so far
-        self._refreshing: asyncio.Lock | None = None
-
-    @property
-    def timeout_s(self) -> float | None:
-        kwargs = self.cluster.connection_kwargs if self.cluster is not None else self.client.connection_pool.connection_kwargs
-        timeout = kwargs.get("socket_timeout")
-        return float(timeout) if timeout is not None else None
-
-    async def run(self, calls: Sequence[tuple[bytes | str, bytes]]) -> list[Any]:
-        if not calls:
-            return []
-        if self.cluster is None:
-            return await self._run_plain([command for _, command in calls])
-        return await self._run_cluster(self.cluster, calls)
-
-    async def close(self) -> None:
-        connections = [*self._shards.values(), *([self._plain] if self._plain is not None else [])]
-        self._shards, self._plain = {}, None
-        for connection in connections:
-            await connection.disconnect()
-
-    async def _run_plain(self, commands: Sequence[bytes]) -> list[Any]:
-        connection = self._plain
-        if connection is None:
-            connection = self._plain = exchange_connection(self.client)
-        payload = commands[0] if len(commands) == 1 else b"".join(commands)
-        try:
-            replies: list[Any] = await connection.retry.call_with_retry(
-                lambda: exchange(connection, payload, len(commands), self.timeout_s),
-                lambda _error: connection.disconnect(),
-            )
-        except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-            return [error] * len(commands)
-        return replies
-
-    async def _run_cluster(self, cluster: aiocluster.RedisCluster, calls: Sequence[tuple[bytes | str, bytes]]) -> list[Any]:
-        try:
-            await cluster.initialize()  # a no-op once the client has read the slot map
-        except (redis.RedisError, RedisClusterException) as error:
-            return [RedisConnectionError(str(error))] * len(calls)
-        if self._stale:
-            await self._refresh(cluster, self._generation)
-        replies: list[Any] = [None] * len(calls)
-        targets: dict[int, tuple[str, bool]] = {}  # call index -> (node name, ASKING first)
-        for i, (key, _) in enumerate(calls):
-            try:
-                node = cluster.get_node_from_key(key)  # type: ignore[arg-type]  # bytes hash as their str
-            except RedisClusterException as error:  # the slot has no master now (failing over)
-                self._stale = True
-                replies[i] = RedisConnectionError(str(error))
-                continue
-            targets[i] = (node.name if node is not None else "", False)
-        for attempt in range(2):
-            if not targets:
-                break
-            seen = self._generation
-            await self._send(cluster, calls, targets, replies)
-            redirected: dict[int, tuple[str, bool]] = {}
-            for i in targets:
-                reply = replies[i]
-                if isinstance(reply, AskError) and attempt == 0:  # MovedError is an AskError
-                    redirected[i] = (f"{reply.host}:{reply.port}", not isinstance(reply, MovedError))
-            if redirected:
-                await self._refresh(cluster, seen)
-            targets = redirected
-        return replies
-
-    async def _send(
-        self,
-        cluster: aiocluster.RedisCluster,
-        calls: Sequence[tuple[bytes | str, bytes]],
-        targets: dict[int, tuple[str, bool]],
-        replies: list[Any],
-    ) -> None:
-        groups: dict[str, list[int]] = {}
-        for i, (name, _) in targets.items():
-            groups.setdefault(name, []).append(i)
-
-        async def one_shard(name: str, indexes: list[int]) -> None:
-            asking = [targets[i][1] for i in indexes]
-            payload = b"".join((pack_command(("ASKING",)) if ask else b"") + calls[i][1] for i, ask in zip(indexes, asking, strict=True))
-            count = len(indexes) + sum(asking)
-            try:
-                connection = self._shard_connection(cluster, name)
-                got = await exchange(connection, payload, count, self.timeout_s)
-            except (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException) as error:
-                self._stale = True
-                self._shards.pop(name, None)
-                failed = error if isinstance(error, (RedisConnectionError, RedisTimeoutError)) else RedisConnectionError(str(error))
-                for i in indexes:
-                    replies[i] = failed
-                return
-            position = 0
-            for i, ask in zip(indexes, asking, strict=True):
-                position += 1 if ask else 0  # the ASKING reply
-                replies[i] = got[position]
-                position += 1
-
-        await asyncio.gather(*(one_shard(name, indexes) for name, indexes in groups.items()))
-
-    def _shard_connection(self, cluster: aiocluster.RedisCluster, name: str) -> AbstractConnection:
-        connection = self._shards.get(name)
-        if connection is None:
-            node = cluster.get_node(node_name=name)
-            if node is None:
-                raise RedisConnectionError(f"no cluster node {name} in the slot map")
-            kwargs = {**node.connection_kwargs, "socket_timeout": None, "retry": Retry(ExponentialWithJitterBackoff(), 0)}
-            connection = self._shards[name] = node.connection_class(**kwargs)
-        return connection
-
-    async def _refresh(self, cluster: aiocluster.RedisCluster, seen: int) -> None:
-        """Read the slot map again, unless it was read since the caller's ``seen`` generation,
-        and drop the connections of nodes that are no longer masters."""
-        if self._refreshing is None:
-            self._refreshing = asyncio.Lock()
-        async with self._refreshing:
-            if self._generation != seen:
-                return
-            self._generation += 1
-            self._stale = False
-            try:
-                await cluster.nodes_manager.initialize()
-            except (redis.RedisError, RedisClusterException):
-                self._stale = True  # try again before the next run; this one uses the old map
-                return
-            masters = {node.name for node in cluster.get_primaries()}
-            for name in [n for n in self._shards if n not in masters]:
-                await self._shards.pop(name).disconnect()

@@ -25,6 +25,8 @@ import redis.asyncio.cluster
 import redis.cluster
 from redis.exceptions import NoScriptError, RedisError
 
+from shared.redis_conn import is_cluster
+
 if TYPE_CHECKING:
     from shared.lua import Script
 
@@ -57,10 +59,6 @@ class NotSent(RedisError):
 Request = Eval | Command | Batch
 T = TypeVar("T")
 Ops = Generator[Request, Any, T]
-
-
-def is_cluster(client: Any) -> bool:
-    return isinstance(client, (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster))
 
 
 def _evalsha_args(request: Eval) -> tuple[Any, ...]:

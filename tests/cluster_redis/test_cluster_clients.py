@@ -1,6 +1,6 @@
 """The client side on a real Redis Cluster: commands and blocking reads reach the shard of their
-key, hand-packed pipelines (``ShardExchange``) split by shard and follow MOVED, sharded pub/sub,
-and a model's delete leaves no part on any master."""
+key, sharded pub/sub (in a control-plane MULTI too), and a model's delete leaves no part on any
+master."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from shared.model_store import ModelStore
 from shared.pubsub import Subscription, SyncSubscription, publish
-from shared.redis_conn import ShardExchange, async_client, pack_command, sync_client
+from shared.redis_conn import async_client, sync_client
 from tests.redis_cluster import RedisClusterProcesses
 
 CONTROL_CHANNEL = "inferq:{control}:test-events"
@@ -43,41 +43,6 @@ async def test_commands_and_blocking_reads_go_to_the_shard_of_their_key(
         assert list(await asyncio.wait_for(waiting, 5)) == [b"inferq:{dep-b|node-1}:replies", b"reply"]
     finally:
         await blocking.aclose()
-        await client.aclose()
-
-
-async def test_shard_exchange_splits_by_master_keeps_order_and_follows_moved(
-    cluster_url: str, redis_cluster_processes: RedisClusterProcesses
-) -> None:
-    client = async_client(cluster_url)
-    exchange = ShardExchange(client)
-    try:
-        calls = [(f"inferq:{tag}:n", pack_command(("INCRBY", f"inferq:{tag}:n", i + 1))) for i, tag in enumerate(TAGS)]
-        assert await exchange.run(calls) == [1, 2, 3, 4, 5, 6]
-        assert await exchange.run(calls + calls) == [2, 4, 6, 8, 10, 12, 3, 6, 9, 12, 15, 18]
-        # a routing key on another master than the command's key: MOVED, sent again, run once
-        wrong = [(f"inferq:{TAGS[0]}:n", pack_command(("INCR", f"inferq:{tag}:moved"))) for tag in TAGS]
-        assert await exchange.run(wrong) == [1] * len(TAGS)
-        for tag in TAGS:
-            assert masters_holding(redis_cluster_processes, f"inferq:{tag}:moved") == [
-                redis_cluster_processes.master_of(f"inferq:{tag}:moved").port
-            ]
-        replies = await exchange.run([(f"inferq:{TAGS[0]}:n", pack_command(("HGET", f"inferq:{TAGS[0]}:n", "f")))])
-        assert "WRONGTYPE" in str(replies[0])  # an error reply is returned, not raised
-    finally:
-        await exchange.close()
-        await client.aclose()
-
-
-async def test_shard_exchange_on_one_redis_is_one_round_trip(redis_url: str) -> None:
-    client = async_client(redis_url)
-    exchange = ShardExchange(client)
-    try:
-        await client.delete("a", "b")
-        calls = [("ignored", pack_command(("INCR", key))) for key in ("a", "b", "a")]
-        assert await exchange.run(calls) == [1, 1, 2]
-    finally:
-        await exchange.close()
         await client.aclose()
 
 

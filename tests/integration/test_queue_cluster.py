@@ -3,17 +3,13 @@ clients): every script runs on its one shard, the reply/acknowledgement split wo
 shards, the hand-over moves a queue between slots, the cache is reached through the scripts and
 drop leaves no key on any master.
 
-The cluster here is the smallest that shows it (three masters, no replicas); the end-to-end
-cluster suite uses the shared cluster fixture."""
+The cluster here is the smallest that shows it (three masters, no replicas, ``tests/redis_cluster.py``);
+the end-to-end cluster suite is tests/cluster_redis/."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,71 +22,15 @@ import redis.cluster
 from shared import keys, queue
 from shared.wire import InferReply, InferRequest
 from tests.cache_driver import AsyncCache, SyncCache
-from tests.redis_server import free_port
+from tests.redis_cluster import redis_cluster
 
 DEP = "dep-1"
 
 
-def cluster_ports() -> list[int]:
-    """Three free ports whose cluster bus ports (port + 10000) are free too."""
-    ports: list[int] = []
-    while len(ports) < 3:
-        port = free_port()
-        if port + 10000 > 65535 or port in ports:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        ports.append(port)
-    return ports
-
-
 @pytest.fixture(scope="module")
 def cluster_port() -> Iterator[int]:
-    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-    if binary is None or cli is None:
-        pytest.skip("redis-server and redis-cli are not on PATH")
-    workdir = tempfile.mkdtemp(prefix="inferq-cluster-")
-    ports = cluster_ports()
-    procs = [
-        subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                          "--cluster-config-file", f"nodes-{port}.conf", "--save", "", "--appendonly", "no",
-                          "--dir", workdir, "--loglevel", "warning"], stdout=subprocess.DEVNULL)
-        for port in ports
-    ]  # fmt: skip
-    try:
-        for port in ports:
-            wait_ping(port)
-        hosts = [f"127.0.0.1:{port}" for port in ports]
-        subprocess.run([cli, "--cluster", "create", *hosts, "--cluster-replicas", "0", "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)  # fmt: skip
-        deadline = time.monotonic() + 20
-        while not all(redis.Redis(port=p).cluster("INFO").get("cluster_state") == "ok" for p in ports):
-            assert time.monotonic() < deadline, "the cluster did not converge"
-            time.sleep(0.1)
-        yield ports[0]
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def wait_ping(port: int) -> None:
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        finally:
-            client.close()
+    with redis_cluster(masters=3) as cluster:
+        yield cluster.servers[0].port
 
 
 @pytest.fixture
