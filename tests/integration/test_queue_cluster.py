@@ -124,6 +124,7 @@ def test_the_producer_on_a_cluster_pipelines_per_shard(cluster_port: int, client
         client.hset(keys.routes(deployment_id), "n1", RouteStatus("started", 1, "", now, 1).to_json())
     assert client.keyslot(keys.queue("dep-a", "n1")) != client.keyslot(keys.queue("dep-b", "n1"))
     stop = threading.Event()
+    finished = [0]  # requests acknowledged (their results cached): the reply comes before that
 
     def worker() -> None:
         own = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster_port)
@@ -137,6 +138,7 @@ def test_the_producer_on_a_cluster_pipelines_per_shard(cluster_port: int, client
                 completion = queue.Completion(1 << 20, "lfu", int(time.time() * 1000), now, len(results), 1.0, 0,
                                               cache_pairs=pairs)  # fmt: skip
                 queue.run(own, queue.finish(deployment_id, "n1", "a0", replies, completion))
+                finished[0] += len(requests)
         own.close()
 
     async def scenario() -> None:
@@ -151,6 +153,10 @@ def test_the_producer_on_a_cluster_pipelines_per_shard(cluster_port: int, client
                 for found in results:
                     assert [r.result()["predicted_value"] for r in found] == [[i] for i in range(1, 21)]
                     assert {r.cache_hit for r in found} == {cache_hit}
+                deadline = time.monotonic() + 10
+                while finished[0] < len(docs) * len(deployments):  # every miss's result is cached
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.01)
             assert len(producer._shards) == 2  # one pipelined connection per shard in use
         finally:
             await producer.close()
