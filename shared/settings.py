@@ -144,6 +144,7 @@ class WorkerSettings:
     max_padding: float = 0.25  # share of a forward pass's tokens that may be padding
     bulk_take: int = 1  # bulk documents an allocation takes at once while interactive requests are about (benchmarks.adaptive)
     interactive_reserve: bool = True  # the first of 2+ allocations takes no bulk while interactive requests are about
+    bulk_nice: int = 9  # added to the worker's niceness for bulk batches (their own thread; 0: off): search passes get the CPU first
     max_take_tokens: int = 4096  # padded tokens (documents x longest row) one allocation takes at once
     nice: int = 10  # added to the worker's scheduling niceness: gateways answer (429s) before inference
     model_dir: str = ""  # local copies of definitions, keyed by content hash
@@ -168,6 +169,7 @@ class WorkerSettings:
             max_padding=_float(env, "INFERQ_MAX_PADDING", 0.25),
             bulk_take=_int(env, "INFERQ_BULK_TAKE", 1),
             interactive_reserve=_str(env, "INFERQ_INTERACTIVE_RESERVE", "on").lower() not in ("0", "off", "false", "no"),
+            bulk_nice=_int(env, "INFERQ_BULK_NICE", 9),
             max_take_tokens=_int(env, "INFERQ_MAX_TAKE_TOKENS", 4096),
             nice=_int(env, "INFERQ_WORKER_NICE", 10),
             model_dir=_str(env, "INFERQ_MODEL_DIR", os.path.expanduser("~/.cache/inferq/models")),

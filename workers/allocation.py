@@ -22,15 +22,24 @@ tokens per forward pass), ``INFERQ_MAX_PADDING``
 (share of a pass's tokens that may be padding), ``INFERQ_BATCH_WAIT_MS`` (sleep after the
 first pop so more requests can join; 0 by default: under load the queue fills while the
 previous batch runs, and when idle a wait is pure latency).
+
+The search lane (``_take``): interactive work first, bulk in small takes while interactive
+requests are about, a bulk take after ``BULK_EVERY`` interactive ones that left bulk waiting
+(bulk is never starved). A forward pass cannot be preempted, so bulk batches run on a thread of
+their own whose niceness is ``INFERQ_BULK_NICE`` higher than the allocation's: while a bulk
+pass runs, a search pass of any allocation on the same machine gets the cores first (the
+kernel's scheduler preempts the bulk thread), and bulk still gets every cycle nobody else wants.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
@@ -38,7 +47,7 @@ import torch
 
 from shared import histograms, queue
 from shared.errors import InferenceFailed, InferqError
-from shared.queue import Completion, TakeArgs
+from shared.queue import Completion, TakeArgs, Taken
 from shared.redis_budget import CacheLimits
 from shared.settings import WorkerSettings
 from shared.wire import InferReply, InferRequest, WireError
@@ -65,12 +74,13 @@ class BatchLimits:
     bulk_take: int = 1  # bulk documents per take while interactive requests are about
     max_take_tokens: int = 4096  # padded-token budget of one take (0: count only)
     interactive_reserve: bool = True  # the first of 2+ allocations takes no bulk while interactive requests are about
+    bulk_nice: int = 9  # bulk batches run on their own thread this much nicer (0: on the allocation's thread)
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> BatchLimits:
         return cls(settings.max_batch_size, settings.max_batch_tokens, settings.batch_wait_ms,
                    settings.max_take, settings.max_padding, settings.bulk_take, settings.max_take_tokens,
-                   settings.interactive_reserve)  # fmt: skip
+                   settings.interactive_reserve, settings.bulk_nice)  # fmt: skip
 
     @property
     def take(self) -> int:
@@ -142,6 +152,7 @@ class Allocation(threading.Thread):
         tokenizer = getattr(model.task, "tokenizer", None)
         max_row = int(tokenizer.settings.max_sequence_length) if tokenizer is not None else 512
         self.estimate = TokenEstimate(max_row_tokens=max_row)  # refined from every batch served
+        self._bulk_thread: ThreadPoolExecutor | None = None  # started with the first bulk batch
 
     def take_args(self, n: int, peers: int, bulk_n: int, bulk_first: bool) -> TakeArgs:
         """``TAKE``'s arguments, with the token budget when it is on."""
@@ -171,14 +182,14 @@ class Allocation(threading.Thread):
                         queue.run(client, queue.index_allocation(deployment_id, node_id, self.allocation))
                         queue.run(client, queue.requeue(deployment_id, node_id, self.allocation))
                         recovering = False
-                    items = self._take(client, lanes)
-                    if not items:
+                    taken = self._take(client, lanes)
+                    if not taken.items:
                         if self.drain_requested.is_set():
                             break
                         continue
                     self.busy_since_s = time.monotonic()
                     try:
-                        self.serve(client, items)
+                        self._serve_in_lane(client, taken)
                     finally:
                         self.busy_since_s = None
                 except redis.RedisError as exc:
@@ -190,10 +201,24 @@ class Allocation(threading.Thread):
         except Exception:
             log.exception("allocation %s stopped on an error", self.name)
         finally:
+            if self._bulk_thread is not None:
+                self._bulk_thread.shutdown(wait=False)
             client.close()
             self.on_exit(self)
 
-    def _take(self, client: redis.Redis, lanes: _LaneState) -> list[bytes]:
+    def _serve_in_lane(self, client: redis.Redis, taken: Taken) -> None:
+        """Serve a take; a bulk one on the low-priority thread (``INFERQ_BULK_NICE``), waiting for it."""
+        nice = self.context.limits.bulk_nice
+        if not taken.bulk or nice <= 0:
+            self.serve(client, taken.items)
+            return
+        if self._bulk_thread is None:
+            self._bulk_thread = ThreadPoolExecutor(
+                1, f"{self.name}-bulk", initializer=start_bulk_thread, initargs=(self.context.threads, nice)
+            )
+        self._bulk_thread.submit(self.serve, client, taken.items).result()
+
+    def _take(self, client: redis.Redis, lanes: _LaneState) -> Taken:
         """``TAKE`` the next batch: at once when the last take left work queued, else after
         waiting (up to a pop timeout) for a request on the interactive queue (``shared.queue.take``
         watches it in the same round trip). Bulk pushes do not wake that wait, so while the bulk
@@ -219,7 +244,7 @@ class Allocation(threading.Thread):
         taken = queue.run(client, queue.take(deployment_id, node_id, self.allocation, args, wait_s=wait_s))
         bulk_left = 0 if bulk_n == 0 else taken.bulk_left
         lanes.observe(len(taken.interactive), len(taken.bulk), taken.interactive_left, bulk_left, time.monotonic())
-        return taken.items
+        return taken
 
     def serve(self, client: redis.Redis, items: Sequence[bytes]) -> None:
         now = now_ms()
@@ -312,6 +337,18 @@ class Allocation(threading.Thread):
         errors = queue.run(client, queue.finish(self.context.deployment_id, self.context.node_id, self.allocation, replies, completion))
         for error in errors:  # a failing cache write or stats update must not fail the requests
             log.warning("completing a batch: %s", error)
+
+
+def start_bulk_thread(threads: int, nice: int) -> None:
+    """The bulk thread's start: its own torch threads, and ``nice`` added to its niceness (on
+    Linux niceness is per thread, and torch's worker threads inherit it from the thread that
+    starts them; raising it needs no privilege, lowering it back would, hence a thread of its own)."""
+    torch.set_num_threads(threads)
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as exc:
+        log.warning("could not lower the bulk thread's priority: %s", exc)
 
 
 def _addressed(replies: Sequence[InferReply], reply_to: dict[str, str]) -> list[tuple[str, bytes]]:
