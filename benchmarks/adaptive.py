@@ -1,16 +1,18 @@
 """Adaptive allocations and the search lane, measured on a local cluster this script starts.
 
 1. **Search lane**: interactive ``_infer`` latency (one short document, sequential, cache off)
-   on an idle deployment, then while a bulk job (``inferq.bulk.run_bulk``) keeps every
-   allocation busy: once in the bulk lane (the default), once with the bulk job pushed into the
-   interactive lane (what bulk did before the lane). Goal: p99 with bulk ≤ 1.5 × idle p99.
+   on an idle deployment and while a bulk job (``inferq.bulk.run_bulk``) in the bulk lane keeps
+   every allocation busy, in alternating blocks (``--rounds``; the bulk documents answered per
+   second while the searches ran are the bulk side's figure); then once with the bulk job pushed
+   into the interactive lane (what bulk did before the lane; ``--skip nolane`` leaves it out).
+   Goal: p99 with bulk ≤ 1.5 × idle p99.
 2. **Cold start**: a ``min 0, max 2`` deployment scaled to zero (model unloaded from the node);
    the latency of the next ``_infer`` (it waits in the standby node's queue while the scaler
    starts an allocation there).
 3. **Ramp**: allocations over time while closed-loop clients ramp 0 → 1 → 2 → 4 → 8 → 0;
    drawn to ``docs/adaptive_ramp.png``.
 
-    .venv/bin/python -m benchmarks.adaptive [--requests 300] [--cold-starts 3] [--step-s 15]
+    .venv/bin/python -m benchmarks.adaptive [--requests 300] [--rounds 3] [--cold-starts 3] [--step-s 15]
 
 Model: all-MiniLM-L6-v2; 2 worker nodes of 1 processor. Writes
 ``benchmarks/results/adaptive.json``.
@@ -93,23 +95,44 @@ class BulkLoad:
         self.thread.join(timeout=300)
 
 
-def search_lane(cluster: LocalCluster, requests: int, no_lane: bool = True) -> dict[str, Any]:
+def inference_count(cluster: LocalCluster, deployment_id: str) -> int:
+    return sum(int(node.get("inference_count", 0)) for node in cluster.deployment_stats(deployment_id)["nodes"])
+
+
+def search_lane(cluster: LocalCluster, requests: int, no_lane: bool = True, rounds: int = 3) -> dict[str, Any]:
+    """Idle and busy (bulk job in the bulk lane) latencies in alternating blocks of
+    ``requests / rounds``, so that a change in the machine's load over the run touches both
+    sides of the ratio; then, once, the bulk job pushed into the interactive lane."""
     start(cluster, "minilm", "deployment_id=lane&number_of_allocations=2&cache_size=0b&wait_for=fully_allocated&timeout=600s", timeout_s=700)
     texts = [f"query {i}: {t}" for i, t in enumerate(make_texts(requests * 3 + 50, seed=3, min_words=6, max_words=12))]
     asyncio.run(sequential_ms(cluster.url, "lane", texts[:50]))  # warm
-    report: dict[str, Any] = {"idle": summary(asyncio.run(sequential_ms(cluster.url, "lane", texts[50 : 50 + requests])))}
-    print("idle:", report["idle"], flush=True)
-    for n, lane in enumerate(("bulk", "interactive") if no_lane else ("bulk",)):
-        chunk = texts[50 + requests * (n + 1) : 50 + requests * (n + 2)]
-        with BulkLoad(cluster, "lane", lane) as bulk:
+    block = max(1, requests // rounds)
+    idle: list[float] = []
+    busy: list[float] = []
+    bulk_docs, bulk_s, pending = 0, 0.0, 0
+    queries = iter(texts[50:])
+    for _ in range(rounds):
+        idle += asyncio.run(sequential_ms(cluster.url, "lane", [next(queries) for _ in range(block)]))
+        with BulkLoad(cluster, "lane", "bulk"):
             time.sleep(3)  # the job fills every allocation
-            busy = cluster.deployment_stats("lane")
+            stats = cluster.deployment_stats("lane")
+            pending += sum(node.get("number_of_pending_requests", 0) for node in stats["nodes"])
+            before, began = inference_count(cluster, "lane"), time.monotonic()
+            busy += asyncio.run(sequential_ms(cluster.url, "lane", [next(queries) for _ in range(block)]))
+            bulk_s += time.monotonic() - began
+            bulk_docs += inference_count(cluster, "lane") - before - block  # everything answered but the searches
+    report: dict[str, Any] = {"idle": summary(idle)}
+    # bulk documents answered per second while the searches ran (what the priority costs bulk)
+    report["bulk in the bulk lane"] = summary(busy) | {"bulk_docs_per_s": bulk_docs / max(bulk_s, 1e-9), "pending_when_started": pending / rounds}
+    print("idle:", report["idle"], flush=True)
+    print("bulk in the bulk lane:", report["bulk in the bulk lane"], flush=True)
+    if no_lane:
+        chunk = [next(queries) for _ in range(requests)]
+        with BulkLoad(cluster, "lane", "interactive") as bulk:
+            time.sleep(3)
             latencies = asyncio.run(sequential_ms(cluster.url, "lane", chunk))
-        report[f"bulk in the {lane} lane"] = summary(latencies) | {
-            "bulk_docs_per_s": bulk.done_docs / max(bulk.elapsed_s, 1e-9),
-            "pending_when_started": sum(node.get("number_of_pending_requests", 0) for node in busy["nodes"]),
-        }
-        print(f"bulk in the {lane} lane:", report[f"bulk in the {lane} lane"], flush=True)
+        report["bulk in the interactive lane"] = summary(latencies) | {"bulk_docs_per_s": bulk.done_docs / max(bulk.elapsed_s, 1e-9)}
+        print("bulk in the interactive lane:", report["bulk in the interactive lane"], flush=True)
     assert cluster.call("POST", "/_ml/trained_models/lane/deployment/_stop")[0] == 200
     idle_p99 = report["idle"]["p99_ms"]
     report["p99_ratio_bulk_lane"] = report["bulk in the bulk lane"]["p99_ms"] / idle_p99
@@ -216,6 +239,7 @@ def draw(samples: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating idle/busy blocks of the search lane")
     parser.add_argument("--cold-starts", type=int, default=3)
     parser.add_argument("--step-s", type=float, default=15.0)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: lane,nolane,cold,ramp")
@@ -239,7 +263,7 @@ def main() -> None:
     with private_redis() as redis_url, local_cluster(redis_url, nodes=nodes, env=env) as cluster:
         upload(cluster, "minilm", minilm)
         if "lane" not in skip:
-            report["search_lane"] = search_lane(cluster, args.requests, no_lane="nolane" not in skip)
+            report["search_lane"] = search_lane(cluster, args.requests, no_lane="nolane" not in skip, rounds=args.rounds)
         if not {"cold", "ramp"} <= skip:
             status, body = cluster.call(
                 "POST", "/_ml/trained_models/minilm/deployment/_start?deployment_id=auto&timeout=600s",
