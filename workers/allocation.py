@@ -228,10 +228,11 @@ class Allocation(threading.Thread):
         limits = self.context.limits
         now = time.monotonic()
         interactive_about = now < lanes.interactive_until
-        bulk_n = min(limits.take, limits.bulk_take) if interactive_about else limits.take
         # INFERQ_INTERACTIVE_RESERVE: the first of 2+ allocations takes no bulk while interactive
-        # requests are about, so one of them is free when the next one comes
+        # requests are about, so one of them is free when the next one comes, and small bulk
+        # takes otherwise, so the first search after a quiet spell waits for one bulk pass at most
         reserved = limits.interactive_reserve and self.context.peers() > 1 and self.context.first_allocation() == self.index
+        bulk_n = min(limits.take, limits.bulk_take) if interactive_about or reserved else limits.take
         if reserved and interactive_about:
             bulk_n = 0
         args = self.take_args(limits.take, self.context.peers(), bulk_n, lanes.streak >= BULK_EVERY)

@@ -37,6 +37,7 @@ class RecordingTask:
     """The model seam: every document is one 3-token row; ``run`` records the thread it ran on."""
 
     served: list[Served] = field(default_factory=list)
+    passes: list[int] = field(default_factory=list)  # documents per forward pass
     tokenizer: None = None
 
     def prepare(self, text: str, config: Mapping[str, Any]) -> Prepared:
@@ -45,6 +46,7 @@ class RecordingTask:
     def run(self, module: Any, batch: Sequence[Prepared]) -> list[dict[str, Any]]:
         niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         self.served += [Served(doc.text, threading.current_thread().name, niceness) for doc in batch]
+        self.passes.append(len(batch))
         return [{"predicted_value": [0.0]} for _ in batch]
 
 
@@ -55,9 +57,10 @@ def push(client: redis.Redis, queue_key: str, texts: Sequence[str]) -> None:
         client.lpush(queue_key, request.pack())
 
 
-def serve_until_drained(redis_url: str, limits: BatchLimits) -> RecordingTask:
+def serve_until_drained(redis_url: str, limits: BatchLimits, peers: int = 1) -> RecordingTask:
+    """Allocation 0 of ``peers`` on the node (the first: with 2+, the search lane's reserve)."""
     task = RecordingTask()
-    context = AllocationContext(DEP, NODE, 1, lambda: CacheLimits(0), "lfu", 0, limits)
+    context = AllocationContext(DEP, NODE, 1, lambda: CacheLimits(0), "lfu", 0, limits, peers=lambda: peers, first_allocation=lambda: 0)
     model = SimpleNamespace(task=task, module=None)
     allocation = Allocation(0, context, model, lambda: redis.Redis.from_url(redis_url), lambda _: None)  # type: ignore[arg-type]
     allocation.drain_requested.set()  # exit once both lanes are empty
@@ -94,3 +97,17 @@ def test_bulk_progresses_while_the_interactive_lane_never_runs_dry(redis_client:
     for k in range(4):  # the k-th bulk document runs after at most BULK_EVERY more searches
         assert order.index(f"bulk-{k}") <= (k + 1) * (BULK_EVERY + 1) - 1, order
     assert order.index("bulk-3") < order.index(searches[-1])  # searches were still queued then
+
+
+@pytest.mark.parametrize("peers", [1, 2])
+def test_the_reserved_allocation_takes_bulk_in_small_takes(redis_client: redis.Redis, redis_url: str, peers: int) -> None:
+    """With no search about, an allocation takes bulk in full takes, but the first of 2+ (the
+    reserve) takes ``bulk_take`` documents at a time, so a search arriving then waits for one
+    bulk pass at most."""
+    push(redis_client, keys.bulk_queue(DEP, NODE), [f"bulk-{i}" for i in range(8)])
+    task = serve_until_drained(redis_url, BatchLimits(bulk_take=1), peers)
+    assert len(task.served) == 8
+    if peers == 1:
+        assert task.passes == [8]
+    else:  # its 1/peers share, one document at a time
+        assert set(task.passes) == {1}
