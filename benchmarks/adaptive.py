@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis
 
 from benchmarks.common import make_texts, percentile
+from shared import keys
 from tests.cluster import LocalCluster, local_cluster, start, upload
 from tests.redis_server import private_redis
 
@@ -96,7 +98,12 @@ class BulkLoad:
 
 
 def inference_count(cluster: LocalCluster, deployment_id: str) -> int:
-    return sum(int(node.get("inference_count", 0)) for node in cluster.deployment_stats(deployment_id)["nodes"])
+    """Documents answered so far, read from the nodes' stats hashes (``COMPLETE`` writes them)."""
+    client = redis.Redis.from_url(cluster.redis_url)
+    try:
+        return sum(int(client.hget(keys.stats(deployment_id, node), "inference_count") or 0) for node in cluster.nodes)
+    finally:
+        client.close()
 
 
 def search_lane(cluster: LocalCluster, requests: int, no_lane: bool = True, rounds: int = 3) -> dict[str, Any]:
