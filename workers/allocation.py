@@ -25,10 +25,11 @@ previous batch runs, and when idle a wait is pure latency).
 
 The search lane (``_take``): interactive work first, bulk in small takes while interactive
 requests are about, a bulk take after ``BULK_EVERY`` interactive ones that left bulk waiting
-(bulk is never starved). A forward pass cannot be stopped halfway, so bulk forward passes run on
-a thread of their own whose niceness is ``INFERQ_BULK_NICE`` higher than the allocation's: while
-a bulk pass runs, a search pass of any allocation on the same machine gets the cores first (the
-kernel's scheduler preempts the bulk thread), and bulk still gets every cycle nobody else wants.
+(bulk is never starved). A forward pass cannot be stopped halfway, so where a deployment has 2+
+allocations on a node, bulk forward passes run on a thread of their own whose niceness is
+``INFERQ_BULK_NICE`` higher than the allocation's: while a bulk pass runs, a search pass of any
+allocation on the same machine gets the cores first (the kernel's scheduler preempts the bulk
+thread), and bulk still gets every cycle nobody else wants.
 """
 
 from __future__ import annotations
@@ -208,11 +209,13 @@ class Allocation(threading.Thread):
             self.on_exit(self)
 
     def _forward(self, docs: list[Prepared], bulk: bool) -> list[dict[str, Any]]:
-        """One forward pass; a bulk one on the bulk thread (``INFERQ_BULK_NICE``), waited for. Only
-        the pass goes there: it runs without the GIL, so the nicer thread can be preempted at any
-        time without holding up the allocation threads' Python code."""
+        """One forward pass; a bulk one on the bulk thread (``INFERQ_BULK_NICE``), waited for, where
+        the deployment has 2+ allocations on the node (the reserve takes the searches, so none
+        waits for this pass; the only allocation of a node would make its searches wait for a
+        slower pass). Only the pass goes there: it runs without the GIL, so the nicer thread can
+        be preempted at any time without holding up the allocation threads' Python code."""
         nice = self.context.limits.bulk_nice
-        if not bulk or nice <= 0:
+        if not bulk or nice <= 0 or self.context.peers() <= 1:
             return self.model.task.run(self.model.module, docs)
         if self._bulk_thread is None:
             self._bulk_thread = ThreadPoolExecutor(

@@ -70,16 +70,18 @@ def serve_until_drained(redis_url: str, limits: BatchLimits, peers: int = 1) -> 
     return task
 
 
-@pytest.mark.parametrize("bulk_nice", [5, 0])
-def test_bulk_batches_run_on_a_nicer_thread(redis_client: redis.Redis, redis_url: str, bulk_nice: int) -> None:
+@pytest.mark.parametrize(("bulk_nice", "peers"), [(5, 2), (0, 2), (5, 1)])
+def test_bulk_passes_run_on_a_nicer_thread(redis_client: redis.Redis, redis_url: str, bulk_nice: int, peers: int) -> None:
+    """With 2+ allocations of the deployment on the node; the only one runs its bulk passes itself
+    (its searches would wait for them)."""
     push(redis_client, keys.queue(DEP, NODE), ["search-1", "search-2"])
     push(redis_client, keys.bulk_queue(DEP, NODE), ["bulk-1", "bulk-2"])
-    task = serve_until_drained(redis_url, BatchLimits(bulk_nice=bulk_nice))
+    task = serve_until_drained(redis_url, BatchLimits(bulk_nice=bulk_nice), peers)
     by_text = {s.text: s for s in task.served}
     assert sorted(by_text) == ["bulk-1", "bulk-2", "search-1", "search-2"]
     search, bulk = by_text["search-1"], by_text["bulk-1"]
     assert search.thread == "alloc-lane-priority-0"  # search passes: the allocation's own thread
-    if bulk_nice:
+    if bulk_nice and peers > 1:
         assert bulk.thread.startswith("alloc-lane-priority-0-bulk")
         assert bulk.niceness == min(19, search.niceness + bulk_nice)
     else:
