@@ -57,10 +57,12 @@ def push(client: redis.Redis, queue_key: str, texts: Sequence[str]) -> None:
         client.lpush(queue_key, request.pack())
 
 
-def serve_until_drained(redis_url: str, limits: BatchLimits, peers: int = 1) -> RecordingTask:
-    """Allocation 0 of ``peers`` on the node (the first: with 2+, the search lane's reserve)."""
+def serve_until_drained(redis_url: str, limits: BatchLimits, peers: int = 1, first: int = 0) -> RecordingTask:
+    """Allocation 0 of ``peers`` on the node, the reserve when ``first`` is 0 and peers 2+."""
     task = RecordingTask()
-    context = AllocationContext(DEP, NODE, 1, lambda: CacheLimits(0), "lfu", 0, limits, peers=lambda: peers, first_allocation=lambda: 0)
+    context = AllocationContext(
+        DEP, NODE, 1, lambda: CacheLimits(0), "lfu", 0, limits, peers=lambda: peers, first_allocation=lambda: first
+    )
     model = SimpleNamespace(task=task, module=None)
     allocation = Allocation(0, context, model, lambda: redis.Redis.from_url(redis_url), lambda _: None)  # type: ignore[arg-type]
     allocation.drain_requested.set()  # exit once both lanes are empty
@@ -76,7 +78,7 @@ def test_bulk_passes_run_on_a_nicer_thread(redis_client: redis.Redis, redis_url:
     (its searches would wait for them)."""
     push(redis_client, keys.queue(DEP, NODE), ["search-1", "search-2"])
     push(redis_client, keys.bulk_queue(DEP, NODE), ["bulk-1", "bulk-2"])
-    task = serve_until_drained(redis_url, BatchLimits(bulk_nice=bulk_nice), peers)
+    task = serve_until_drained(redis_url, BatchLimits(bulk_nice=bulk_nice), peers, first=1)  # not the reserve
     by_text = {s.text: s for s in task.served}
     assert sorted(by_text) == ["bulk-1", "bulk-2", "search-1", "search-2"]
     search, bulk = by_text["search-1"], by_text["bulk-1"]
