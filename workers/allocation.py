@@ -76,7 +76,7 @@ class BatchLimits:
     bulk_take: int = 1  # bulk documents per take while interactive requests are about
     max_take_tokens: int = 4096  # padded-token budget of one take (0: count only)
     interactive_reserve: bool = True  # the first of 2+ allocations takes no bulk while interactive requests are about
-    bulk_nice: int = 9  # bulk forward passes run on their own thread this much nicer (0: on the allocation's thread)
+    bulk_nice: int = 9  # with 2+ allocations on the node, bulk forward passes run on their own thread this much nicer (0: off)
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> BatchLimits:
@@ -154,7 +154,7 @@ class Allocation(threading.Thread):
         tokenizer = getattr(model.task, "tokenizer", None)
         max_row = int(tokenizer.settings.max_sequence_length) if tokenizer is not None else 512
         self.estimate = TokenEstimate(max_row_tokens=max_row)  # refined from every batch served
-        self._bulk_thread: ThreadPoolExecutor | None = None  # started with the first bulk batch
+        self._bulk_thread: ThreadPoolExecutor | None = None  # started with the first bulk pass it runs (_forward)
 
     def take_args(self, n: int, peers: int, bulk_n: int, bulk_first: bool) -> TakeArgs:
         """``TAKE``'s arguments, with the token budget when it is on."""
