@@ -358,14 +358,18 @@ class Taken:
         return self.interactive + self.bulk
 
 
-def take(deployment_id: str, node_id: str, allocation: str, args: TakeArgs, *, wait_s: float = 0.0) -> Ops[Taken]:
+def take(
+    deployment_id: str, node_id: str, allocation: str, args: TakeArgs, *, wait_s: float = 0.0, wait_lane: str = INTERACTIVE
+) -> Ops[Taken]:
     """``TAKE`` the next batch into the allocation's processing list. ``wait_s > 0``: first wait
-    (up to that long) for an item on the interactive queue (``BLMOVE`` of the queue onto itself
-    only watches it), in the same round trip as the take on a plain Redis."""
+    (up to that long) for an item on ``wait_lane``'s queue (``BLMOVE`` of the queue onto itself
+    only watches it), in the same round trip as the take on a plain Redis. ``args.n`` 0 takes
+    from the bulk lane only (an allocation's bulk lane, ``workers.allocation``)."""
     queue = keys.queue(deployment_id, node_id)
     call = TAKE.call((queue, keys.processing(deployment_id, node_id, allocation), keys.bulk_queue(deployment_id, node_id)), args.values())
     if wait_s > 0:
-        watched, result = yield Batch((Command(("BLMOVE", queue, queue, "RIGHT", "RIGHT", wait_s)), call))
+        watched_queue = lane_queue(deployment_id, node_id, wait_lane)
+        watched, result = yield Batch((Command(("BLMOVE", watched_queue, watched_queue, "RIGHT", "RIGHT", wait_s)), call))
         _raise_first((watched, result))
     else:
         result = yield call

@@ -140,9 +140,12 @@ class Allocation(threading.Thread):
         model: LoadedModel,
         connect: Callable[[], redis.Redis],
         on_exit: Callable[[Allocation], None],
+        bulk_lane: bool = False,
     ) -> None:
-        super().__init__(name=f"alloc-{context.deployment_id}-{index}", daemon=True)
+        suffix = "b" if bulk_lane else ""
+        super().__init__(name=f"alloc-{context.deployment_id}-{index}{suffix}", daemon=True)
         self.index = index
+        self.bulk_lane = bulk_lane  # the bulk lane of allocation ``index``: takes bulk work only (_take_bulk)
         self.context = context
         self.model = model
         self.connect = connect
@@ -150,11 +153,14 @@ class Allocation(threading.Thread):
         self.stop_requested = threading.Event()  # finish the current batch, then exit
         self.busy_since_s: float | None = None  # time.monotonic() when the batch being served was taken
         self.drain_requested = threading.Event()  # exit once the queue is empty
-        self.allocation = f"a{index}"  # names its processing list (shared.keys.processing)
+        # names its processing list (shared.keys.processing); the bulk lane's, "a<index>b", is
+        # indexed like any allocation's, so every requeue and recovery path covers it
+        self.allocation = f"a{index}{suffix}"
         tokenizer = getattr(model.task, "tokenizer", None)
         max_row = int(tokenizer.settings.max_sequence_length) if tokenizer is not None else 512
         self.estimate = TokenEstimate(max_row_tokens=max_row)  # refined from every batch served
         self._bulk_thread: ThreadPoolExecutor | None = None  # started with the first bulk pass it runs (_forward)
+        self._bulk_lane: Allocation | None = None  # the only allocation of its node: its bulk lane (_start_bulk_lane)
 
     def take_args(self, n: int, peers: int, bulk_n: int, bulk_first: bool) -> TakeArgs:
         """``TAKE``'s arguments, with the token budget when it is on."""
@@ -178,13 +184,14 @@ class Allocation(threading.Thread):
         lanes = _LaneState()
         recovering = True  # first pass: put back whatever a previous failure left in our list
         try:
+            self._start_bulk_lane()
             while not self.stop_requested.is_set():
                 try:
                     if recovering:
                         queue.run(client, queue.index_allocation(deployment_id, node_id, self.allocation))
                         queue.run(client, queue.requeue(deployment_id, node_id, self.allocation))
                         recovering = False
-                    taken = self._take(client, lanes)
+                    taken = self._take_bulk(client, lanes) if self.bulk_lane else self._take(client, lanes)
                     if not taken.items:
                         if self.drain_requested.is_set():
                             break
@@ -203,10 +210,30 @@ class Allocation(threading.Thread):
         except Exception:
             log.exception("allocation %s stopped on an error", self.name)
         finally:
+            if self._bulk_lane is not None:  # it drains or stops as we do, and finishes its batch
+                if self.stop_requested.is_set() or not self.drain_requested.is_set():
+                    self._bulk_lane.stop_requested.set()
+                self._bulk_lane.drain_requested.set()
+                self._bulk_lane.join()
             if self._bulk_thread is not None:
                 self._bulk_thread.shutdown(wait=False)
             client.close()
             self.on_exit(self)
+
+    def _start_bulk_lane(self) -> None:
+        """The only allocation of a deployment on its node (``INFERQ_BULK_NICE`` > 0) gets a bulk
+        lane: a second thread, with a processing list of its own, that takes bulk work only and
+        runs its forward passes on its nicer bulk thread. This allocation then takes interactive
+        work only, so a search never waits for a bulk pass to end: the two passes run at once and
+        the kernel gives the search pass the cores first. With 2+ allocations the bulk lane idles
+        and the allocations take bulk themselves (the reserve keeps one free for searches)."""
+        if self.bulk_lane or self.context.limits.bulk_nice <= 0 or self.context.peers() > 1:
+            return
+        self._bulk_lane = Allocation(self.index, self.context, self.model, self.connect, lambda _: None, bulk_lane=True)
+        self._bulk_lane.start()
+
+    def _bulk_lane_serves(self) -> bool:
+        return self._bulk_lane is not None and self._bulk_lane.is_alive() and self.context.peers() <= 1
 
     def _forward(self, docs: list[Prepared], bulk: bool) -> list[dict[str, Any]]:
         """One forward pass; a bulk one on the bulk thread (``INFERQ_BULK_NICE``), waited for, where
@@ -215,7 +242,7 @@ class Allocation(threading.Thread):
         slower pass). Only the pass goes there: it runs without the GIL, so the nicer thread can
         be preempted at any time without holding up the allocation threads' Python code."""
         nice = self.context.limits.bulk_nice
-        if not bulk or nice <= 0 or self.context.peers() <= 1:
+        if not bulk or nice <= 0 or (self.context.peers() <= 1 and not self.bulk_lane):
             return self.model.task.run(self.model.module, docs)
         if self._bulk_thread is None:
             self._bulk_thread = ThreadPoolExecutor(
@@ -236,7 +263,7 @@ class Allocation(threading.Thread):
         # takes otherwise, so the first search after a quiet spell waits for one bulk pass at most
         reserved = limits.interactive_reserve and self.context.peers() > 1 and self.context.first_allocation() == self.index
         bulk_n = min(limits.take, limits.bulk_take) if interactive_about or reserved else limits.take
-        if reserved and interactive_about:
+        if (reserved and interactive_about) or self._bulk_lane_serves():
             bulk_n = 0
         args = self.take_args(limits.take, self.context.peers(), bulk_n, lanes.streak >= BULK_EVERY)
         deployment_id, node_id = self.context.deployment_id, self.context.node_id
@@ -250,6 +277,21 @@ class Allocation(threading.Thread):
         taken = queue.run(client, queue.take(deployment_id, node_id, self.allocation, args, wait_s=wait_s))
         bulk_left = 0 if bulk_n == 0 else taken.bulk_left
         lanes.observe(len(taken.interactive), len(taken.bulk), taken.interactive_left, bulk_left, time.monotonic())
+        return taken
+
+    def _take_bulk(self, client: redis.Redis, lanes: _LaneState) -> Taken:
+        """The bulk lane's take: bulk work only (``TAKE`` of no interactive item), a full take,
+        after waiting (up to a pop timeout) for an item on the bulk queue. Idle while the
+        deployment has 2+ allocations on the node (they take bulk themselves) unless draining."""
+        if self.context.peers() > 1 and not self.drain_requested.is_set():
+            self.stop_requested.wait(POP_TIMEOUT_S)
+            return Taken([], [], 0, 0)
+        limits = self.context.limits
+        args = self.take_args(0, 1, limits.take, True)
+        wait_s = 0.0 if lanes.more else POP_TIMEOUT_S
+        deployment_id, node_id = self.context.deployment_id, self.context.node_id
+        taken = queue.run(client, queue.take(deployment_id, node_id, self.allocation, args, wait_s=wait_s, wait_lane=queue.BULK))
+        lanes.more = taken.bulk_left > 0
         return taken
 
     def serve(self, client: redis.Redis, items: Sequence[bytes], bulk: bool = False) -> None:
