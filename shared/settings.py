@@ -144,7 +144,7 @@ class WorkerSettings:
     max_padding: float = 0.25  # share of a forward pass's tokens that may be padding
     bulk_take: int = 1  # bulk documents an allocation takes at once while interactive requests are about (benchmarks.adaptive)
     interactive_reserve: bool = True  # the first of 2+ allocations takes no bulk while interactive requests are about
-    bulk_nice: int = 9  # 2+ allocations of a deployment on the node: bulk forward passes on their own thread this much nicer (0: off)
+    bulk_nice: int = 9  # bulk forward passes on their own thread this much nicer; the only allocation of a node gets a bulk lane (0: off)
     max_take_tokens: int = 4096  # padded tokens (documents x longest row) one allocation takes at once
     nice: int = 10  # added to the worker's scheduling niceness: gateways answer (429s) before inference
     model_dir: str = ""  # local copies of definitions, keyed by content hash

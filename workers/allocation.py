@@ -25,11 +25,17 @@ previous batch runs, and when idle a wait is pure latency).
 
 The search lane (``_take``): interactive work first, bulk in small takes while interactive
 requests are about, a bulk take after ``BULK_EVERY`` interactive ones that left bulk waiting
-(bulk is never starved). A forward pass cannot be stopped halfway, so where a deployment has 2+
-allocations on a node, bulk forward passes run on a thread of their own whose niceness is
-``INFERQ_BULK_NICE`` higher than the allocation's: while a bulk pass runs, a search pass of any
-allocation on the same machine gets the cores first (the kernel's scheduler preempts the bulk
-thread), and bulk still gets every cycle nobody else wants.
+(bulk is never starved). A forward pass cannot be stopped halfway, so bulk forward passes run
+on a thread of their own whose niceness is ``INFERQ_BULK_NICE`` higher than the allocation's:
+while a bulk pass runs, a search pass on the same machine gets the cores first (the kernel's
+scheduler preempts the bulk thread), and bulk still gets every cycle nobody else wants. Where a
+deployment has 2+ allocations on a node, each runs its own bulk passes there (waiting for them;
+the reserve keeps one free for searches). The only allocation of a node has a bulk lane instead
+(``_start_bulk_lane``): a second ``Allocation`` thread, ``a<index>b``, with a processing list of
+its own, indexed in ``dn_allocations`` like any allocation's (so the requeue after a Redis error,
+a dead node's recovery and the in-flight counts cover it), that takes bulk work only and
+acknowledges its own list, while the allocation takes and serves searches during its bulk pass.
+The bulk lane is never starved: it waits for no search, and niceness only orders the cores.
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ class BatchLimits:
     bulk_take: int = 1  # bulk documents per take while interactive requests are about
     max_take_tokens: int = 4096  # padded-token budget of one take (0: count only)
     interactive_reserve: bool = True  # the first of 2+ allocations takes no bulk while interactive requests are about
-    bulk_nice: int = 9  # with 2+ allocations on the node, bulk forward passes run on their own thread this much nicer (0: off)
+    bulk_nice: int = 9  # bulk forward passes run on their own thread this much nicer; the only allocation of a node gets a bulk lane (0: off)
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> BatchLimits:
@@ -236,11 +242,12 @@ class Allocation(threading.Thread):
         return self._bulk_lane is not None and self._bulk_lane.is_alive() and self.context.peers() <= 1
 
     def _forward(self, docs: list[Prepared], bulk: bool) -> list[dict[str, Any]]:
-        """One forward pass; a bulk one on the bulk thread (``INFERQ_BULK_NICE``), waited for, where
-        the deployment has 2+ allocations on the node (the reserve takes the searches, so none
-        waits for this pass; the only allocation of a node would make its searches wait for a
-        slower pass). Only the pass goes there: it runs without the GIL, so the nicer thread can
-        be preempted at any time without holding up the allocation threads' Python code."""
+        """One forward pass; a bulk one on the bulk thread (``INFERQ_BULK_NICE``), waited for, in
+        a bulk lane or where the deployment has 2+ allocations on the node (the reserve takes the
+        searches, so none waits for this pass; an allocation serving both lanes alone would make
+        its searches wait for a slower pass). Only the pass goes there: it runs without the GIL,
+        so the nicer thread can be preempted at any time without holding up the allocation
+        threads' Python code."""
         nice = self.context.limits.bulk_nice
         if not bulk or nice <= 0 or (self.context.peers() <= 1 and not self.bulk_lane):
             return self.model.task.run(self.model.module, docs)
