@@ -190,7 +190,6 @@ class Allocation(threading.Thread):
         lanes = _LaneState()
         recovering = True  # first pass: put back whatever a previous failure left in our list
         try:
-            self._start_bulk_lane()
             while not self.stop_requested.is_set():
                 try:
                     if recovering:
@@ -263,6 +262,8 @@ class Allocation(threading.Thread):
         watches it in the same round trip). Bulk pushes do not wake that wait, so while the bulk
         lane was busy lately the wait is short (``BULK_POLL_S``)."""
         limits = self.context.limits
+        if self._bulk_lane is None:  # the only allocation now (from the start, or once its peers stopped)
+            self._start_bulk_lane()
         now = time.monotonic()
         interactive_about = now < lanes.interactive_until
         # INFERQ_INTERACTIVE_RESERVE: the first of 2+ allocations takes no bulk while interactive
