@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -10,6 +11,8 @@ import pytest
 import redis
 
 from shared import keys
+from shared.producer import InferResult, Producer
+from shared.queue import BULK
 from tests.cluster import local_cluster, start, upload
 from tests.faults.harness import (
     Load,
@@ -22,7 +25,7 @@ from tests.faults.harness import (
     serving_nodes,
     wait_until,
 )
-from tests.faults.test_huge_text import huge_infer
+from tests.faults.test_huge_text import SENTENCE, huge_infer
 
 pytestmark = pytest.mark.slow
 
@@ -91,5 +94,45 @@ def test_a_request_whose_worker_is_killed_twice_is_answered_with_an_error(tiny_e
         assert "died [2] times" in answer.body["error"]["reason"]
         survivor = ({"node-1", "node-2", "node-3"} - set(killed)).pop()
         assert infer_once(cluster.url, "tiny", "a healthy request").ok  # the survivor still serves
+        wait_until(lambda: not leaked_keys(client, {survivor}), 15, f"no leaked key: {leaked_keys(client, {survivor})}")
+        client.close()
+
+
+def test_a_bulk_request_held_by_a_dead_nodes_bulk_lane_is_answered_by_another_node(tiny_embedding_model: Any) -> None:
+    """One allocation per node: a bulk request is served in the node's bulk lane (its own
+    processing list, ``a0b``); the node is killed while it runs, and the other node answers it."""
+    nodes = [("node-1", 1), ("node-2", 1)]
+    with redis_process(aof=False) as server, local_cluster(server.url, nodes=nodes) as cluster:
+        client = redis.Redis.from_url(cluster.redis_url)
+        upload(cluster, "tiny", tiny_embedding_model)
+        start(cluster, "tiny", "number_of_allocations=2&cache_size=0b&wait_for=fully_allocated")
+        wait_until(lambda: len(serving_nodes(client, "tiny")) == 2, 30, "both nodes serve")
+        # a 300 KB text in span windows: its bulk lane holds it for seconds, time to kill the node
+        slow = {"text_embedding": {"tokenization": {"bert": {"truncate": "none", "span": 0}}}}
+        text = SENTENCE * (300_000 // len(SENTENCE))
+        results: list[list[InferResult] | BaseException] = []
+
+        async def bulk_infer() -> list[InferResult]:
+            async with Producer.connect(cluster.redis_url) as producer:
+                return await producer.infer("tiny", [{"text_field": text}], inference_config=slow, timeout_ms=120_000, lane=BULK)
+
+        def send() -> None:
+            try:
+                results.append(asyncio.run(bulk_infer()))
+            except BaseException as exc:  # the assertion below shows it
+                results.append(exc)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        deadline, holder = time.monotonic() + 30, ""
+        while not holder and time.monotonic() < deadline:
+            holder = next((n for n, _ in nodes if client.llen(keys.processing("tiny", n, "a0b"))), "")
+            time.sleep(0.02)
+        assert holder, "no bulk lane took the request"
+        cluster.kill_node(holder)
+        sender.join(timeout=120)
+        ((answer,),) = results  # type: ignore[misc]
+        survivor = ({"node-1", "node-2"} - {holder}).pop()
+        assert answer.node == survivor and answer.result()["predicted_value"]
         wait_until(lambda: not leaked_keys(client, {survivor}), 15, f"no leaked key: {leaked_keys(client, {survivor})}")
         client.close()
