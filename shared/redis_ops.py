@@ -69,7 +69,8 @@ def _eval_args(request: Eval) -> tuple[Any, ...]:
     return ("EVAL", request.script.source, len(request.keys), *request.keys, *request.args)
 
 
-def _one_sync(client: Any, request: Eval | Command) -> Any:
+def call_sync(client: Any, request: Eval | Command) -> Any:
+    """One script call or command over a sync client (EVALSHA, loaded on NOSCRIPT)."""
     if isinstance(request, Command):
         return client.execute_command(*request.args)
     try:
@@ -78,7 +79,8 @@ def _one_sync(client: Any, request: Eval | Command) -> Any:
         return client.execute_command(*_eval_args(request))
 
 
-async def _one_async(client: Any, request: Eval | Command) -> Any:
+async def call_async(client: Any, request: Eval | Command) -> Any:
+    """One script call or command over an asyncio client (EVALSHA, loaded on NOSCRIPT)."""
     if isinstance(request, Command):
         return await client.execute_command(*request.args)
     try:
@@ -116,7 +118,7 @@ def _batch_sync(client: Any, batch: Batch) -> list[Any]:
                 replies += pipe.execute(raise_on_error=False)
             else:
                 try:
-                    replies.append(_one_sync(client, segment[0]))
+                    replies.append(call_sync(client, segment[0]))
                 except RedisError as exc:
                     replies.append(exc)
         return replies
@@ -135,7 +137,7 @@ def _batch_sync(client: Any, batch: Batch) -> list[Any]:
 
 async def _caught(client: Any, request: Eval | Command) -> Any:
     try:
-        return await _one_async(client, request)
+        return await call_async(client, request)
     except RedisError as exc:
         return exc
 
@@ -172,7 +174,7 @@ def run(client: redis.Redis | redis.cluster.RedisCluster, ops: Ops[T]) -> T:
     try:
         while True:
             request = ops.send(reply)
-            reply = _batch_sync(client, request) if isinstance(request, Batch) else _one_sync(client, request)
+            reply = _batch_sync(client, request) if isinstance(request, Batch) else call_sync(client, request)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
@@ -183,16 +185,7 @@ async def arun(client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster,
     try:
         while True:
             request = ops.send(reply)
-            reply = await _batch_async(client, request) if isinstance(request, Batch) else await _one_async(client, request)
+            reply = await _batch_async(client, request) if isinstance(request, Batch) else await call_async(client, request)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
 
-
-def call_sync(client: Any, request: Eval | Command) -> Any:
-    """One script call or command over a sync client (EVALSHA, loaded on NOSCRIPT)."""
-    return _one_sync(client, request)
-
-
-async def call_async(client: Any, request: Eval | Command) -> Any:
-    """One script call or command over an asyncio client (EVALSHA, loaded on NOSCRIPT)."""
-    return await _one_async(client, request)
