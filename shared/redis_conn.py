@@ -115,6 +115,8 @@ class _AsyncCluster(aiocluster.RedisCluster):
     - its ``RedisClusterException`` (no master for a slot, slot map not readable: a failover
       in progress) is raised as ``redis.exceptions.ClusterError``, a ``RedisError`` like every
       other failure callers already handle;
+    - a write on a connection a failover tore down meanwhile (redis-py's ``AttributeError``) is
+      raised as the ``ConnectionError`` it is;
     - it raises ``MaxConnectionsError`` when a node's pool is used up; here, as
       ``BlockingConnectionPool`` does for one Redis, a burst waits instead: at most
       ``max_in_flight`` commands run at once (so no node ever needs more connections).
@@ -130,6 +132,11 @@ class _AsyncCluster(aiocluster.RedisCluster):
                 return await super().execute_command(*args, **kwargs)
             except RedisClusterException as error:
                 raise ClusterError(str(error)) from error
+            except AttributeError as error:
+                # redis-py 8.1: a failover tears down a node's connections while a command is
+                # being written on one, and the write meets ``_writer = None``; that is a
+                # connection lost, not a bug of the caller's
+                raise RedisConnectionError(f"connection closed while in use: {error}") from error
 
 
 class _SyncCluster(synccluster.RedisCluster):
