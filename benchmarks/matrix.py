@@ -21,6 +21,11 @@ Per workload, in one run:
 - **peers** (``--peers``, ``make bench-peers``): ``benchmarks.peers`` on the same texts at the
   same concurrencies.
 
+**Wake-ups**: what the c=1 row cannot go below on this machine: a Redis round trip between two
+processes (``LPUSH``, the other blocked in ``BLPOP`` answers with an ``LPUSH`` of its own: four
+process wake-ups), hot and after an idle gap as long as a forward pass. A request at c=1 crosses
+six (wrk → gateway → redis-server → worker → redis-server → gateway → wrk).
+
 **429 burst**: a deployment whose queue is full (a paused second node) while wrk keeps another
 deployment's workers computing on both cores; then 200 requests sent at once from 200 open
 connections, three times, and the latency of each 429 — with the workers at their default
@@ -37,6 +42,8 @@ import json
 import select
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -113,6 +120,46 @@ def int8_accuracy(model: Any, workloads_texts: Mapping[str, Sequence[str]], log:
         out[name] = {"min": round(min(cosines), 5), "mean": round(sum(cosines) / len(cosines), 5), "texts": len(cosines)}
     log(f"int8: {report.int8_linears}/{report.linears} linears, fp32 kept for {report.fp32_groups}; cosine to fp32 "
         + ", ".join(f"{k} min {v['min']:.4f}" for k, v in out.items() if isinstance(v, dict) and "min" in v))  # fmt: skip
+    return out
+
+
+# ---- wake-ups ------------------------------------------------------------------------------------
+
+WAKE_GAPS_MS = (0, 20)  # hot, and idle for about a short forward pass
+WAKE_ROUNDS = 200
+WAKE_PEER = """
+import sys, redis
+client = redis.Redis.from_url(sys.argv[1])
+while True:
+    _, item = client.blpop("bench:wake:ping")
+    if item == b"stop":
+        break
+    client.lpush("bench:wake:pong", item)
+"""
+
+
+def wake_round_trips(redis_url: str) -> dict[str, float]:
+    """p50 ms of a Redis round trip between two processes (four process wake-ups) per idle gap."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    peer = subprocess.Popen([sys.executable, "-c", WAKE_PEER, redis_url])
+    out: dict[str, float] = {}
+    try:
+        for gap_ms in WAKE_GAPS_MS:
+            samples = []
+            for _ in range(WAKE_ROUNDS):
+                time.sleep(gap_ms / 1000)
+                began = time.perf_counter()
+                client.lpush("bench:wake:ping", b"x")
+                client.blpop(["bench:wake:pong"], timeout=10)
+                samples.append((time.perf_counter() - began) * 1000)
+            out[f"after {gap_ms} ms idle"] = round(percentile(samples, 50), 3)
+    finally:
+        client.lpush("bench:wake:ping", b"stop")
+        peer.wait(timeout=10)
+        client.delete("bench:wake:ping", "bench:wake:pong")
+        client.close()
     return out
 
 
@@ -406,6 +453,10 @@ def render_matrix(results: dict[str, Any]) -> str:
         rep = m["int8"]["accuracy"]["report"]
         lines.append(f"  int8: {rep['int8_linears']}/{rep['linears']} linears in int8, fp32 kept for {rep['fp32_groups']}; "
                      f"cosine to fp32 on the fixed check texts: min {rep['min_cosine']}, mean {rep['mean_cosine']}")  # fmt: skip
+    if "wake" in m:
+        lines.append("  wake-ups (the c=1 floor here): a Redis round trip between two processes, 4 wake-ups, p50 "
+                     + ", ".join(f"{ms:.2f} ms {gap}" for gap, ms in m["wake"].items())
+                     + "; a request at c=1 crosses 6")  # fmt: skip
     if "burst" in m:
         for nice, b in m["burst"].items():
             lines.append(f"  429 burst ({BURST_SIZE} at once x 3, full queue, workers saturating; worker {nice}): "

@@ -375,7 +375,7 @@ class Bench:
         deadline = time.monotonic() + timeout_s
         def busy() -> bool:
             names = self.client.smembers(keys.dn_allocations(deployment_id, NODE_ID))
-            lists = [keys.processing(deployment_id, NODE_ID, n.decode()) for n in names]
+            lists = [keys.processing(deployment_id, NODE_ID, n.decode() if isinstance(n, bytes) else n) for n in names]
             return bool(self.client.llen(keys.queue(deployment_id, NODE_ID)) or any(self.client.llen(k) for k in lists))
 
         while busy():
@@ -634,10 +634,10 @@ def sweep_phase(bench: Bench, files: dict[str, Path]) -> list[dict[str, Any]]:
 
 def matrix_cluster_phase(bench: Bench, files: dict[str, Path], tiny: Any = None) -> dict[str, Any]:
     """The workload matrix on the main layout, fp32 then int8, and 429s under a burst."""
-    from benchmarks.matrix import burst_phase, e2e_workloads
+    from benchmarks.matrix import burst_phase, e2e_workloads, wake_round_trips
 
     plan = bench.plan
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"wake": wake_round_trips(bench.cluster.redis_url)}
     main_texts = bench.texts_file
     for label, extra in (("fp32", ""), ("int8", "&inferq_quantization=int8")):
         deployment_id = f"minilm-matrix-{label}"
@@ -1094,6 +1094,7 @@ def run(args: argparse.Namespace) -> int:
         results["matrix"]["e2e"] = e2e["matrix"]["fp32"]
         results["matrix"]["int8"] = {"e2e": e2e["matrix"]["int8"], "accuracy": results["matrix"]["raw"].pop("int8_accuracy")}
         results["matrix"]["burst"] = e2e["matrix"]["burst"]
+        results["matrix"]["wake"] = e2e["matrix"]["wake"]
         results["matrix"]["tiny"] = {"e2e": e2e["matrix"]["tiny"], "raw": results["matrix"]["raw"].pop("tiny")}
         results["e2e"] = e2e
         if args.peers:

@@ -164,13 +164,28 @@ async def _settle_heap(app: web.Application) -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """uvloop (libuv: transports, accepts and timers in C) unless ``INFERQ_EVENT_LOOP=asyncio``
+    or it is not installed (a dependency on Linux and macOS): 8-15% less gateway CPU per request
+    (docs/benchmarks.md, "Fixed cost per request")."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.info("uvloop is not installed: the gateway runs on asyncio's own event loop")
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def run(settings: GatewaySettings) -> None:
+    loop = new_event_loop(settings.event_loop)
     app = create_app(settings)
     app.on_startup.append(_settle_heap)
     # keepalive_timeout also bounds a new connection's wait for its first complete request head
     # (aiohttp arms it at connect): a client that sends part of its headers and stops is closed.
     web.run_app(
-        app, host=settings.host, port=settings.port, access_log=None, print=None,
+        app, loop=loop, host=settings.host, port=settings.port, access_log=None, print=None,
         keepalive_timeout=settings.idle_timeout_s, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         # several gateway processes may listen on one port (INFERQ_REUSE_PORT): the kernel spreads
         # connections over them, for when one event loop's CPU is not enough

@@ -28,6 +28,13 @@ def _str(env: Mapping[str, str], name: str, default: str) -> str:
     return raw if raw not in (None, "") else default
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _str(env, name, default).lower()
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 def _bytes(env: Mapping[str, str], name: str) -> int:
     """A byte size ("2gb", "512mb", or a bare 0); unset is 0."""
     raw = env.get(name)
@@ -98,6 +105,7 @@ class GatewaySettings:
     adaptive_cooldown_s: float = 300.0  # no scale-down this soon after a scale-up
     adaptive_interval_s: float = 1.0  # how often the scaler reads the stats
     reuse_port: bool = False  # SO_REUSEPORT: more gateway processes on the same port
+    event_loop: str = "uvloop"  # "uvloop" (where installed) or "asyncio"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -124,6 +132,7 @@ class GatewaySettings:
             adaptive_cooldown_s=_float(env, "INFERQ_ADAPTIVE_COOLDOWN_S", 300.0),
             adaptive_interval_s=_float(env, "INFERQ_ADAPTIVE_INTERVAL_S", 1.0),
             reuse_port=_str(env, "INFERQ_REUSE_PORT", "off").lower() in ("1", "on", "true", "yes"),
+            event_loop=_choice(env, "INFERQ_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
         )
 
 
