@@ -41,6 +41,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ClusterError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -150,6 +151,13 @@ class _SyncCluster(synccluster.RedisCluster):
             raise ClusterError(str(error)) from error
 
 
+# What redis-py 8 sends on every new connection beyond HELLO, each a round trip and each an
+# error reply on Redis < 7.2 / < 8 (counted in errorstat_ERR): CLIENT SETINFO (driver_info)
+# and CLIENT MAINT_NOTIFICATIONS (a Redis Enterprise feature). Both off.
+DRIVER_INFO = None
+NO_MAINT_NOTIFICATIONS = MaintNotificationsConfig(enabled=False)
+
+
 def async_client(
     url: str, *, blocking: bool = False, max_connections: int = 32, client_name: str | None = None
 ) -> aioredis.Redis:
@@ -172,6 +180,8 @@ def async_client(
             retry=_cluster_retry(),
             socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
+            driver_info=DRIVER_INFO,
+            maint_notifications_config=NO_MAINT_NOTIFICATIONS,
             health_check_interval=0,
             client_name=client_name,
         )
@@ -182,6 +192,8 @@ def async_client(
         timeout=None,
         socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
+        driver_info=DRIVER_INFO,
+        maint_notifications_config=NO_MAINT_NOTIFICATIONS,
         health_check_interval=0,
         client_name=client_name,
         retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -201,6 +213,8 @@ def sync_client(url: str, *, blocking: bool = False) -> redis.Redis:
                 retry=_cluster_retry(),
                 socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
                 socket_connect_timeout=CONNECT_TIMEOUT_S,
+                driver_info=DRIVER_INFO,
+                maint_notifications_config=NO_MAINT_NOTIFICATIONS,
             )
         except RedisClusterException as error:
             raise ClusterError(f"{redact_url(url)}: {error}") from error
@@ -209,6 +223,8 @@ def sync_client(url: str, *, blocking: bool = False) -> redis.Redis:
         url,
         socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
+        driver_info=DRIVER_INFO,
+        maint_notifications_config=NO_MAINT_NOTIFICATIONS,
     )
 
 
