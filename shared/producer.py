@@ -514,11 +514,14 @@ class Producer:
     ) -> None:
         waiting = {i: futures[i] for i in placed_on}
         remaining_s = max(0.0, (deadline_ms - now_ms()) / 1000)
-        done, not_done = await asyncio.wait(waiting.values(), timeout=remaining_s)
-        if not_done:
-            late_nodes = [placed_on[i] for i, f in waiting.items() if f in not_done]
+        try:
+            async with asyncio.timeout(remaining_s):
+                for future in waiting.values():  # awaited directly: a reply wakes this task in one step
+                    await future
+        except TimeoutError:  # the timeout cancelled the future it was awaiting: no reply either
+            late_nodes = [placed_on[i] for i, f in waiting.items() if not f.done() or f.cancelled()]
             await queue.arun(self.redis, queue.count_timeouts(view.deployment_id, late_nodes))
-            raise RequestTimeout(f"timeout [{format_time_ms(timeout_ms)}] waiting for inference result")
+            raise RequestTimeout(f"timeout [{format_time_ms(timeout_ms)}] waiting for inference result") from None
         for i, future in waiting.items():
             reply = future.result()
             if reply.error is not None:
@@ -547,6 +550,8 @@ class Producer:
                     if isinstance(raw, (bytes, str)):
                         self._deliver(as_bytes(raw))
                 delivered = len(items)
+                if delivered:  # the requests woken answer their clients before the next read is sent
+                    await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # keep serving: Redis hiccups must not kill the reply path
