@@ -158,6 +158,18 @@ DRIVER_INFO = None
 NO_MAINT_NOTIFICATIONS = MaintNotificationsConfig(enabled=False)
 
 
+
+def connection_settings(blocking: bool) -> dict[str, Any]:
+    """What every connection of every client here is made with (plain or cluster, sync or async);
+    ``blocking``: for blocking commands, without a socket timeout."""
+    return {
+        "socket_timeout": None if blocking else SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "driver_info": DRIVER_INFO,
+        "maint_notifications_config": NO_MAINT_NOTIFICATIONS,
+    }
+
+
 def async_client(
     url: str, *, blocking: bool = False, max_connections: int = 32, client_name: str | None = None
 ) -> aioredis.Redis:
@@ -178,10 +190,7 @@ def async_client(
             max_in_flight=max_connections,
             max_connections=2 * max_connections + 8,
             retry=_cluster_retry(),
-            socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            driver_info=DRIVER_INFO,
-            maint_notifications_config=NO_MAINT_NOTIFICATIONS,
+            **connection_settings(blocking),
             health_check_interval=0,
             client_name=client_name,
         )
@@ -190,10 +199,7 @@ def async_client(
         url,
         max_connections=max_connections,
         timeout=None,
-        socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        driver_info=DRIVER_INFO,
-        maint_notifications_config=NO_MAINT_NOTIFICATIONS,
+        **connection_settings(blocking),
         health_check_interval=0,
         client_name=client_name,
         retry=AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
@@ -211,20 +217,14 @@ def sync_client(url: str, *, blocking: bool = False) -> redis.Redis:
                 parsed.plain_url,
                 startup_nodes=[synccluster.ClusterNode(host, port) for host, port in parsed.nodes[1:]],
                 retry=_cluster_retry(),
-                socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
-                socket_connect_timeout=CONNECT_TIMEOUT_S,
-                driver_info=DRIVER_INFO,
-                maint_notifications_config=NO_MAINT_NOTIFICATIONS,
+                **connection_settings(blocking),
             )
         except RedisClusterException as error:
             raise ClusterError(f"{redact_url(url)}: {error}") from error
         return cast(redis.Redis, cluster)
     return redis.Redis.from_url(
         url,
-        socket_timeout=None if blocking else SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        driver_info=DRIVER_INFO,
-        maint_notifications_config=NO_MAINT_NOTIFICATIONS,
+        **connection_settings(blocking),
     )
 
 
