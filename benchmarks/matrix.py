@@ -127,14 +127,15 @@ def int8_accuracy(model: Any, workloads_texts: Mapping[str, Sequence[str]], log:
 
 WAKE_GAPS_MS = (0, 20)  # hot, and idle for about a short forward pass
 WAKE_ROUNDS = 200
+WAKE_PING, WAKE_PONG = "bench:wake:ping", "bench:wake:pong"
 WAKE_PEER = """
 import sys, redis
-client = redis.Redis.from_url(sys.argv[1])
+client, ping, pong = redis.Redis.from_url(sys.argv[1]), sys.argv[2], sys.argv[3]
 while True:
-    _, item = client.blpop("bench:wake:ping")
+    _, item = client.blpop(ping)
     if item == b"stop":
         break
-    client.lpush("bench:wake:pong", item)
+    client.lpush(pong, item)
 """
 
 
@@ -143,7 +144,7 @@ def wake_round_trips(redis_url: str) -> dict[str, float]:
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    peer = subprocess.Popen([sys.executable, "-c", WAKE_PEER, redis_url])
+    peer = subprocess.Popen([sys.executable, "-c", WAKE_PEER, redis_url, WAKE_PING, WAKE_PONG])
     out: dict[str, float] = {}
     try:
         for gap_ms in WAKE_GAPS_MS:
@@ -151,14 +152,14 @@ def wake_round_trips(redis_url: str) -> dict[str, float]:
             for _ in range(WAKE_ROUNDS):
                 time.sleep(gap_ms / 1000)
                 began = time.perf_counter()
-                client.lpush("bench:wake:ping", b"x")
-                client.blpop(["bench:wake:pong"], timeout=10)
+                client.lpush(WAKE_PING, b"x")
+                client.blpop([WAKE_PONG], timeout=10)
                 samples.append((time.perf_counter() - began) * 1000)
             out[f"after {gap_ms} ms idle"] = round(percentile(samples, 50), 3)
     finally:
-        client.lpush("bench:wake:ping", b"stop")
+        client.lpush(WAKE_PING, b"stop")
         peer.wait(timeout=10)
-        client.delete("bench:wake:ping", "bench:wake:pong")
+        client.delete(WAKE_PING, WAKE_PONG)
         client.close()
     return out
 
